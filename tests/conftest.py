@@ -1,0 +1,86 @@
+"""Shared fixtures. The cluster fixture gives integration and e2e tests a real
+Kubernetes API: the local control plane (reused if running, else started and
+stopped with the session) or, with an explicit opt-in, the cluster in KUBECONFIG.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kube import Kube
+
+# Opt-in to run integration/e2e tests against the cluster in $KUBECONFIG instead
+# of the local one. Never implied by KUBECONFIG alone: tests create and delete
+# namespaces, and pointing them at a production cluster by accident must not happen.
+EXISTING_CLUSTER_OPT_IN = "LORAFORGE_TEST_USE_EXISTING_CLUSTER"
+
+_MARKER_BY_DIR = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The tier follows from the folder, so a test cannot land in no tier.
+    for item in items:
+        tier = Path(item.fspath).relative_to(Path(__file__).parent).parts[0]
+        if tier in _MARKER_BY_DIR:
+            item.add_marker(getattr(pytest.mark, _MARKER_BY_DIR[tier]))
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[Kube]:
+    """A Kubernetes cluster to test against. Fails (never skips) if none can be had."""
+    if os.environ.get(EXISTING_CLUSTER_OPT_IN) == "1":
+        kubeconfig = os.environ.get("KUBECONFIG")
+        if not kubeconfig or not Path(kubeconfig).is_file():
+            pytest.fail(
+                f"{EXISTING_CLUSTER_OPT_IN}=1 needs KUBECONFIG to name a kubeconfig file "
+                f"(got {kubeconfig!r})",
+                pytrace=False,
+            )
+        yield Kube(Path(kubeconfig), local=False)
+        return
+
+    from localcluster.build import BuildError
+    from localcluster.cluster import ClusterError, LocalCluster
+
+    cluster = LocalCluster()
+    started_here = False
+    try:
+        if not cluster.status().running:
+            cluster.up()
+            started_here = True
+    except (BuildError, ClusterError) as e:
+        pytest.fail(
+            f"could not start the local cluster (state in {cluster.dir}, logs in {cluster.log_dir}):\n{e}",
+            pytrace=False,
+        )
+    try:
+        yield Kube(
+            cluster.kubeconfig,
+            local=True,
+            kubectl_path=cluster.binaries()["kubectl"],
+            helm_path=cluster.binaries()["helm"],
+        )
+    finally:
+        if started_here:
+            cluster.down()
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    """A fresh namespace that enforces Pod Security "restricted", deleted afterwards."""
+    name = f"lf-test-{uuid.uuid4().hex[:8]}"
+    kube.create_namespace(
+        name,
+        labels={
+            "loraforge.io/test": "true",
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+        },
+    )
+    yield name
+    kube.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,105 @@
+"""A small client for tests: kubectl of the cluster's version, and the
+official Python client, both bound to one kubeconfig."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# A container securityContext that Pod Security "restricted" admits.
+RESTRICTED_CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+class KubectlError(AssertionError):
+    pass
+
+
+@dataclass
+class Kube:
+    kubeconfig: Path
+    local: bool  # True for the local control plane (kwok nodes), False for a real cluster
+    kubectl_path: Path | None = None
+    helm_path: Path | None = None
+
+    def _tool(self, path: Path | None, name: str) -> str:
+        if path is not None:
+            return str(path)
+        found = shutil.which(name)
+        if found is None:
+            raise KubectlError(f"{name} is not on PATH")
+        return found
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [self._tool(self.kubectl_path, "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise KubectlError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [self._tool(self.helm_path, "helm"), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise KubectlError(f"helm {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def get(self, *args: str) -> dict[str, Any]:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def apply(self, manifest: dict[str, Any] | list[dict[str, Any]], namespace: str | None = None) -> None:
+        docs = manifest if isinstance(manifest, list) else [manifest]
+        body = json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+        ns = [f"--namespace={namespace}"] if namespace else []
+        self.kubectl("apply", "--server-side", "--field-manager=loraforge-tests", *ns, "-f", "-", input=body)
+
+    def create_namespace(self, name: str, labels: dict[str, str]) -> None:
+        self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+        # Pods need the namespace's default ServiceAccount, which a controller
+        # creates shortly after the namespace.
+        wait_for(
+            lambda: self.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+            timeout=60,
+            what=f"the default ServiceAccount in {name}",
+        )
+
+    def api_client(self):
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
