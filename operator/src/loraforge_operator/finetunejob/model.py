@@ -1,0 +1,484 @@
+"""The FineTuneJob API (loraforge.io/v1alpha1): spec and status.
+
+These models generate the CRD schema (descriptions are what
+`kubectl explain finetunejob.spec...` prints) and parse objects at the edge
+of the operator. Cross-field rules are CEL on the CRD and the same checks in
+``model_validator``s here, so bad specs are stopped at admission and the
+operator never acts on one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from ..conditions import Condition
+from ..schema import ApiModel, cel, cel_rules
+
+# A relative path inside the model store. Segments may not start with a dot,
+# so neither `..` nor hidden folders can be named.
+RELATIVE_PATH = r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Kubernetes resource.Quantity, as apimachinery's OpenAPI spells it.
+QUANTITY = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+HF_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+RelativePath = Annotated[str, Field(pattern=RELATIVE_PATH, max_length=512)]
+Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=64)]
+
+
+class BaseModelSource(ApiModel):
+    """The base model to fine-tune. Exactly one of `path` or `huggingFaceId`."""
+
+    model_config = cel_rules(
+        cel(
+            "has(self.path) != has(self.huggingFaceId)",
+            "set exactly one of baseModel.path or baseModel.huggingFaceId",
+        )
+    )
+
+    path: RelativePath | None = None
+    """Folder of a Hugging Face model (config.json, tokenizer, safetensors weights) relative to the model
+    store, e.g. `base/smollm2-135m-instruct`. Staged there in advance: nothing is downloaded."""
+
+    hugging_face_id: Annotated[str, Field(pattern=HF_ID, max_length=256)] | None = None
+    """A Hugging Face model id, e.g. `HuggingFaceTB/SmolLM2-135M-Instruct`, resolved only from the pre-staged
+    offline Hugging Face cache in the model store (folder `hf-cache`). The trainer runs with HF_HUB_OFFLINE=1
+    and never contacts the hub."""
+
+    revision: Annotated[str, Field(max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")] = "main"
+    """With `huggingFaceId`: the revision (branch, tag or commit) to take from the offline cache."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BaseModelSource:
+        if (self.path is None) == (self.hugging_face_id is None):
+            raise ValueError("set exactly one of baseModel.path or baseModel.huggingFaceId")
+        return self
+
+
+class ModelStore(ApiModel):
+    """The shared volume that holds base models, datasets, checkpoints and published adapters."""
+
+    claim_name: Annotated[str, Field(pattern=DNS_LABEL, max_length=253)] = "loraforge-model-store"
+    """Name of a PersistentVolumeClaim in the FineTuneJob's namespace. ReadWriteMany if training uses several
+    nodes."""
+
+
+class ConfigMapKey(ApiModel):
+    """A key of a ConfigMap in the FineTuneJob's namespace (for small datasets)."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=253)]
+    """Name of the ConfigMap."""
+
+    key: Annotated[str, Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)]
+    """Key whose value is the JSONL file."""
+
+
+DatasetFormat = Literal["chat", "instruction", "completion", "text"]
+
+
+class Dataset(ApiModel):
+    """Training data: a JSONL file, one record per line. Exactly one of `path` or `configMap`."""
+
+    model_config = cel_rules(
+        cel(
+            "has(self.path) != has(self.configMap)",
+            "set exactly one of dataset.path or dataset.configMap",
+        ),
+        cel(
+            "!has(self.validationPath) || !has(self.configMap)",
+            "dataset.validationPath needs dataset.path (the model store); "
+            "a ConfigMap dataset is split with validationSplit",
+        ),
+        cel(
+            "self.onInvalidRecord == 'Skip' || self.maxSkippedRecords == 0",
+            "dataset.maxSkippedRecords applies only with onInvalidRecord: Skip",
+            field_path=".maxSkippedRecords",
+        ),
+    )
+
+    path: RelativePath | None = None
+    """The JSONL file relative to the model store, e.g. `datasets/support/train.jsonl`."""
+
+    config_map: ConfigMapKey | None = None
+    """The JSONL file as a ConfigMap key (ConfigMaps hold at most 1 MiB)."""
+
+    format: DatasetFormat = "chat"
+    """Record format. `chat`: {"messages": [{"role", "content"}...]}, loss on assistant turns only.
+    `instruction`: {"instruction", "input"?, "output"}, loss on output.
+    `completion`: {"prompt", "completion"}, loss on completion. `text`: {"text"}, loss on all tokens."""
+
+    validation_path: RelativePath | None = None
+    """A separate held-out JSONL file in the model store. When unset, `validationSplit` of the training
+    records is held out (seeded, so the same records every run)."""
+
+    validation_split: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    """Fraction of the training records held out for evaluation when `validationPath` is unset."""
+
+    on_invalid_record: Literal["Fail", "Skip"] = "Fail"
+    """What a malformed record does. `Fail`: the FineTuneJob fails naming the file and line. `Skip`: skipped
+    and counted, up to `maxSkippedRecords`."""
+
+    max_skipped_records: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    """With `onInvalidRecord: Skip`: more skipped records than this fail the job."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> Dataset:
+        if (self.path is None) == (self.config_map is None):
+            raise ValueError("set exactly one of dataset.path or dataset.configMap")
+        if self.validation_path is not None and self.config_map is not None:
+            raise ValueError("dataset.validationPath needs dataset.path (the model store)")
+        if self.on_invalid_record == "Fail" and self.max_skipped_records:
+            raise ValueError("dataset.maxSkippedRecords applies only with onInvalidRecord: Skip")
+        return self
+
+
+class LoraSettings(ApiModel):
+    """LoRA adapter shape (peft LoraConfig)."""
+
+    r: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Rank of the update matrices."""
+
+    alpha: Annotated[int, Field(ge=1, le=4096)] = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    """Dropout on the LoRA path during training."""
+
+    target_modules: Annotated[
+        list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)]],
+        Field(min_length=1, max_length=64),
+    ] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Module names to adapt, e.g. [q_proj, v_proj], or [all-linear]. The trainer checks they exist in the
+    base model before training."""
+
+
+class Quantization(ApiModel):
+    """4-bit quantization of the frozen base model for QLoRA (bitsandbytes)."""
+
+    type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type. nf4 (NormalFloat) is what QLoRA was introduced with."""
+
+    double_quant: bool = True
+    """Quantize the quantization constants too (saves about 0.4 bits per parameter)."""
+
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Data type of the matrix multiplications."""
+
+
+class TrainingSettings(ApiModel):
+    """Optimisation settings. Set `epochs` or `maxSteps` (neither: 1 epoch)."""
+
+    model_config = cel_rules(
+        cel(
+            "!(has(self.epochs) && has(self.maxSteps))",
+            "set either training.epochs or training.maxSteps, not both",
+        ),
+    )
+
+    epochs: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """Passes over the training records."""
+
+    max_steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    """Optimizer steps to run instead of whole epochs."""
+
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-4
+    """Peak learning rate."""
+
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warmup."""
+
+    warmup_ratio: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
+    """Fraction of the steps spent warming the learning rate up from zero."""
+
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 4
+    """Records per device per step."""
+
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 4
+    """Steps whose gradients are summed before each optimizer update."""
+
+    max_seq_length: Annotated[int, Field(ge=16, le=262_144)] = 1024
+    """Records are truncated to this many tokens."""
+
+    packing: bool = False
+    """Pack several short records into each sequence of `maxSeqLength` tokens."""
+
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: less memory, about 20% slower."""
+
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Mixed precision. `auto`: bf16 where the GPU supports it, else fp16 on GPUs, fp32 on CPU."""
+
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
+    """Seeds data order, the validation split and adapter initialisation."""
+
+    logging_steps: Annotated[int, Field(ge=1, le=100_000)] = 10
+    """Report progress (step, loss) every this many steps."""
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainingSettings:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("set either training.epochs or training.maxSteps, not both")
+        return self
+
+
+class Toleration(ApiModel):
+    """A toleration of the training pods (core/v1 Toleration)."""
+
+    key: Annotated[str, Field(max_length=316)] | None = None
+    """Taint key; empty with operator Exists matches every taint."""
+
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists or Equal."""
+
+    value: Annotated[str, Field(max_length=63)] | None = None
+    """Taint value, with operator Equal."""
+
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all."""
+
+    toleration_seconds: int | None = None
+    """With NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class Resources(ApiModel):
+    """Where and on what the training runs."""
+
+    model_config = cel_rules(
+        cel(
+            "self.nodes == 1 || self.gpusPerNode >= 1",
+            "training on several nodes needs resources.gpusPerNode >= 1",
+            field_path=".gpusPerNode",
+        ),
+    )
+
+    gpus_per_node: Annotated[int, Field(ge=0, le=16)] = 1
+    """GPUs per training pod (one pod per node). 0 trains on CPU (slow; for small tests)."""
+
+    nodes: Annotated[int, Field(ge=1, le=64)] = 1
+    """Training nodes. More than 1 runs an Indexed Job with torchrun rendezvous over a headless Service."""
+
+    gpu_resource_name: Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$")] = (
+        "nvidia.com/gpu"
+    )
+    """Extended resource that counts GPUs on your nodes."""
+
+    cpu: Quantity = "4"
+    """CPU request per pod."""
+
+    memory: Quantity = "32Gi"
+    """Memory request and limit per pod."""
+
+    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] = Field(
+        default_factory=dict
+    )
+    """Labels a node must have to run training pods, e.g. {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}."""
+
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    )
+    """Tolerations of the training pods. The default tolerates the usual `nvidia.com/gpu` taint of GPU
+    nodes."""
+
+    priority_class_name: Annotated[str, Field(max_length=253, pattern=DNS_LABEL)] | None = None
+    """PriorityClass of the training pods."""
+
+    @model_validator(mode="after")
+    def _multi_node_needs_gpus(self) -> Resources:
+        if self.nodes > 1 and self.gpus_per_node < 1:
+            raise ValueError("training on several nodes needs resources.gpusPerNode >= 1")
+        return self
+
+
+class Checkpoints(ApiModel):
+    """Periodic checkpoints in the model store; a restarted pod resumes from the newest."""
+
+    every_steps: Annotated[int, Field(ge=1, le=10_000_000)] = 100
+    """Save a checkpoint every this many optimizer steps."""
+
+    keep: Annotated[int, Field(ge=1, le=100)] = 2
+    """Checkpoints kept; older ones are deleted."""
+
+
+class EvaluationGate(ApiModel):
+    """Conditions the adapter must meet on the held-out records to pass. With none set, the gate passes and
+    the metrics are only recorded."""
+
+    max_eval_loss: Annotated[float, Field(gt=0.0)] | None = None
+    """The adapter's eval loss must be at most this."""
+
+    min_improvement: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    """The adapter's eval loss must be lower than the base model's by at least this fraction, e.g. 0.05 for
+    5%."""
+
+
+class Adapter(ApiModel):
+    """The adapter that training publishes."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] | None = None
+    """Adapter name; revisions are published under `adapters/<namespace>/<name>/` in the model store.
+    Default: the FineTuneJob's name."""
+
+
+class FineTuneJobSpec(ApiModel):
+    """Desired state of a FineTuneJob. Immutable once training has started, except `suspend`."""
+
+    base_model: BaseModelSource
+    """The model to fine-tune."""
+
+    dataset: Dataset
+    """The training (and optionally validation) data."""
+
+    method: Literal["lora", "qlora"] = "lora"
+    """`lora`: LoRA on the base model in its own precision. `qlora`: LoRA on the base model quantized to 4
+    bits (see `quantization`): about a quarter of the memory."""
+
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    """The adapter's shape."""
+
+    quantization: Quantization | None = None
+    """With `method: qlora`: how the base model is quantized (defaults: nf4, double quantization,
+    bfloat16). Not allowed with `method: lora`."""
+
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    """Optimisation settings."""
+
+    resources: Resources = Field(default_factory=Resources)
+    """GPUs, nodes and placement."""
+
+    model_store: ModelStore = Field(default_factory=ModelStore)
+    """Where base models, datasets, checkpoints and adapters live."""
+
+    checkpoints: Checkpoints = Field(default_factory=Checkpoints)
+    """Checkpointing."""
+
+    evaluation: EvaluationGate = Field(default_factory=EvaluationGate)
+    """The evaluation gate the adapter must pass to be published as passing."""
+
+    adapter: Adapter = Field(default_factory=Adapter)
+    """The published adapter."""
+
+    image: Annotated[str, Field(max_length=512)] | None = None
+    """Trainer image. Default: the operator's configured trainer image (from your registry mirror)."""
+
+    backoff_limit: Annotated[int, Field(ge=0, le=20)] = 2
+    """Retries of a failed training pod before the FineTuneJob fails. A retry resumes from the newest
+    checkpoint."""
+
+    active_deadline_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] | None = None
+    """Wall-clock limit for the whole training; past it the FineTuneJob fails with DeadlineExceeded."""
+
+    suspend: bool = False
+    """Suspend training: running pods are stopped (progress is kept in checkpoints); false resumes."""
+
+    model_config = cel_rules(
+        cel(
+            "self.method == 'qlora' || !has(self.quantization)",
+            "quantization applies only to method qlora",
+            field_path=".quantization",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _quantization_needs_qlora(self) -> FineTuneJobSpec:
+        if self.method != "qlora" and self.quantization is not None:
+            raise ValueError("quantization applies only to method qlora")
+        return self
+
+
+# Spec fields that may change after training started (everything else is frozen by CEL on the root).
+MUTABLE_AFTER_START = ("suspend",)
+
+
+# --- status ------------------------------------------------------------------
+
+Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+
+
+class Progress(ApiModel):
+    """Training progress as the trainer last reported it."""
+
+    step: Annotated[int, Field(ge=0)] = 0
+    """Optimizer steps done."""
+
+    total_steps: Annotated[int, Field(ge=0)] | None = None
+    """Optimizer steps planned."""
+
+    epoch: Annotated[float, Field(ge=0.0)] | None = None
+    """Fractional epoch reached."""
+
+    percent: Annotated[int, Field(ge=0, le=100)] | None = None
+    """step / totalSteps, in percent."""
+
+    loss: float | None = None
+    """Latest training loss."""
+
+    eval_loss: float | None = None
+    """Latest loss on the held-out records."""
+
+    learning_rate: float | None = None
+    """Current learning rate."""
+
+    update_time: str | None = None
+    """When the trainer reported this (RFC 3339)."""
+
+
+class PublishedAdapter(ApiModel):
+    """The adapter revision this FineTuneJob published."""
+
+    name: str
+    """Adapter name."""
+
+    revision: str
+    """Revision, unique and immutable within the adapter's name."""
+
+    path: str
+    """Folder of the revision, relative to the model store."""
+
+    digest: str
+    """sha256 of the adapter weights (`sha256:<hex>`)."""
+
+    evaluation_passed: bool
+    """Whether the adapter passed the evaluation gate."""
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Evaluation metrics, e.g. evalLoss, baseEvalLoss, perplexity."""
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state of a FineTuneJob, written by the operator."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The `.metadata.generation` the status reflects."""
+
+    phase: Phase | None = None
+    """Summary for people and `kubectl get`: Pending, Running, Suspended, Succeeded or Failed. Automation
+    should read `conditions`."""
+
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Accepted, Running, Suspended, Evaluated, Succeeded and Failed, each with a reason and a message."""
+
+    job_name: str | None = None
+    """Name of the batch Job that runs the training."""
+
+    start_time: str | None = None
+    """When training first started (RFC 3339). From then on the spec is frozen except `suspend`."""
+
+    completion_time: str | None = None
+    """When the FineTuneJob succeeded or failed."""
+
+    failed_attempts: Annotated[int, Field(ge=0)] = 0
+    """Training pods that failed (each retry resumes from the newest checkpoint)."""
+
+    progress: Progress | None = None
+    """Training progress."""
+
+    adapter: PublishedAdapter | None = None
+    """The published adapter revision."""

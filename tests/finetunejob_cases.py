@@ -1,0 +1,109 @@
+"""FineTuneJob specs shared by the unit tests (pydantic models) and the
+integration tests (the real API server): one valid spec, and invalid variants,
+each with the field path the rejection must name."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+VALID_SPEC: dict[str, Any] = {
+    "baseModel": {"path": "base/smollm2-135m-instruct"},
+    "dataset": {"path": "datasets/support/train.jsonl", "format": "chat"},
+}
+
+
+@dataclass(frozen=True)
+class Invalid:
+    name: str
+    patch: dict[str, Any]  # deep-merged into VALID_SPEC; None deletes a key
+    field: str  # the field path the API server's message must name
+    message: str = ""  # and, for CEL rules, this text
+
+    def spec(self) -> dict[str, Any]:
+        return merge(copy.deepcopy(VALID_SPEC), self.patch)
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    for key, value in patch.items():
+        if value is None:
+            base.pop(key, None)
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+INVALID = [
+    Invalid("no base model", {"baseModel": None}, "spec.baseModel"),
+    Invalid(
+        "base model path and hub id together",
+        {"baseModel": {"huggingFaceId": "HuggingFaceTB/SmolLM2-135M-Instruct"}},
+        "spec.baseModel",
+        "set exactly one of baseModel.path or baseModel.huggingFaceId",
+    ),
+    Invalid(
+        "base model path escapes the store", {"baseModel": {"path": "../etc/passwd"}}, "spec.baseModel.path"
+    ),
+    Invalid("absolute base model path", {"baseModel": {"path": "/models/x"}}, "spec.baseModel.path"),
+    Invalid(
+        "malformed hub id",
+        {"baseModel": {"path": None, "huggingFaceId": "no-slash"}},
+        "spec.baseModel.huggingFaceId",
+    ),
+    Invalid(
+        "dataset path and ConfigMap together",
+        {"dataset": {"configMap": {"name": "data", "key": "train.jsonl"}}},
+        "spec.dataset",
+        "set exactly one of dataset.path or dataset.configMap",
+    ),
+    Invalid("unknown dataset format", {"dataset": {"format": "csv"}}, "spec.dataset.format"),
+    Invalid(
+        "validation split above one half",
+        {"dataset": {"validationSplit": 0.9}},
+        "spec.dataset.validationSplit",
+    ),
+    Invalid(
+        "skipped records without the Skip policy",
+        {"dataset": {"maxSkippedRecords": 5}},
+        "spec.dataset.maxSkippedRecords",
+        "maxSkippedRecords applies only with onInvalidRecord: Skip",
+    ),
+    Invalid("unknown method", {"method": "full"}, "spec.method"),
+    Invalid(
+        "quantization with plain LoRA",
+        {"method": "lora", "quantization": {"type": "nf4"}},
+        "spec.quantization",
+        "quantization applies only to method qlora",
+    ),
+    Invalid(
+        "unknown 4-bit type", {"method": "qlora", "quantization": {"type": "int8"}}, "spec.quantization.type"
+    ),
+    Invalid("LoRA rank zero", {"lora": {"r": 0}}, "spec.lora.r"),
+    Invalid("LoRA dropout of one", {"lora": {"dropout": 1.0}}, "spec.lora.dropout"),
+    Invalid("no target modules", {"lora": {"targetModules": []}}, "spec.lora.targetModules"),
+    Invalid(
+        "epochs and max steps together",
+        {"training": {"epochs": 2, "maxSteps": 100}},
+        "spec.training",
+        "set either training.epochs or training.maxSteps, not both",
+    ),
+    Invalid("zero learning rate", {"training": {"learningRate": 0}}, "spec.training.learningRate"),
+    Invalid(
+        "several nodes without GPUs",
+        {"resources": {"nodes": 2, "gpusPerNode": 0}},
+        "spec.resources.gpusPerNode",
+        "training on several nodes needs resources.gpusPerNode >= 1",
+    ),
+    Invalid("memory that is not a quantity", {"resources": {"memory": "lots"}}, "spec.resources.memory"),
+    Invalid(
+        "toleration with an unknown operator",
+        {"resources": {"tolerations": [{"key": "a", "operator": "Maybe"}]}},
+        "spec.resources.tolerations[0].operator",
+    ),
+    Invalid("adapter name that is not a DNS label", {"adapter": {"name": "Bad_Name"}}, "spec.adapter.name"),
+    Invalid("deadline under a minute", {"activeDeadlineSeconds": 10}, "spec.activeDeadlineSeconds"),
+    Invalid("unknown field", {"epochs": 3}, "spec.epochs"),
+]
