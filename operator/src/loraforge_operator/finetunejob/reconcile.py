@@ -1,0 +1,191 @@
+"""Reconcile one FineTuneJob: make its children match the spec, then make its
+status match what is observed. Level-triggered and idempotent: it works from
+the observed objects every time, and a pass with nothing to change sends no
+write to the API server."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes_asyncio.client.rest import ApiException
+from pydantic import ValidationError
+
+from .. import api
+from ..kube import Kube
+from ..settings import Settings
+from . import builders, contract, status
+from .model import FineTuneJobSpec
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, FineTuneJob name)
+ChildKey = tuple[str, str, str]  # (kind, namespace, name)
+
+
+def is_subset(desired: Any, observed: Any) -> bool:
+    """True if every field we set has that value in the observed object
+    (fields the API server or others added are ignored)."""
+    if isinstance(desired, dict):
+        return isinstance(observed, dict) and all(is_subset(v, observed.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(desired) == len(observed)
+            and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
+        )
+    return desired == observed
+
+
+@dataclass
+class WriteMemo:
+    """Remembers the last apply per object and the server's answer, so a
+    reconcile that runs before the watch has delivered our own write neither
+    sends it again nor mistakes the stale copy for the truth."""
+
+    _last: dict[Any, tuple[str, str | None, dict[str, Any]]] = field(default_factory=dict)
+
+    def answer_to(self, key: Any, payload: Any, observed_rv: str | None) -> dict[str, Any] | None:
+        """The server's answer if ``payload`` was already applied over the object
+        at ``observed_rv``, else None."""
+        last = self._last.get(key)
+        if last is not None and last[:2] == (json.dumps(payload, sort_keys=True), observed_rv):
+            return last[2]
+        return None
+
+    def sent(self, key: Any, payload: Any, observed_rv: str | None, answer: dict[str, Any]) -> None:
+        self._last[key] = (json.dumps(payload, sort_keys=True), observed_rv, answer)
+
+    def forget(self, prefix: Callable[[Any], bool]) -> None:
+        for k in [k for k in self._last if prefix(k)]:
+            del self._last[k]
+
+
+@dataclass
+class StatusWrite:
+    """The last status the operator wrote for a FineTuneJob, and the
+    resourceVersions known to predate it (what the watch may still show)."""
+
+    status: dict[str, Any]
+    version: str | None
+    stale_versions: set[str | None]
+
+
+def _rv(obj: dict[str, Any] | None) -> str | None:
+    return ((obj or {}).get("metadata") or {}).get("resourceVersion")
+
+
+def _last_failed_trainer(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    best = None
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+            if cs.get("name") != "trainer" or not term or term.get("exitCode") in (None, 0):
+                continue
+            if best is None or (term.get("finishedAt") or "") > (best.get("finishedAt") or ""):
+                best = {
+                    "exitCode": term.get("exitCode"),
+                    "message": term.get("message") or "",
+                    "reason": term.get("reason") or "",
+                    "finishedAt": term.get("finishedAt"),
+                }
+    return best
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    settings: Settings
+    post_event: Callable[[dict[str, Any], str, str, str], None]
+    memo: WriteMemo = field(default_factory=WriteMemo)
+    status_writes: dict[Key, StatusWrite] = field(default_factory=dict)
+
+    async def reconcile(
+        self, body: dict[str, Any], observed: dict[ChildKey, dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Bring one FineTuneJob's world in line; return the status it now has."""
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        owner = builders.Owner(name=name, namespace=ns, uid=meta["uid"])
+        old_status = body.get("status") or {}
+        previous = self.status_writes.get((ns, name))
+        if previous is not None and _rv(body) in previous.stale_versions:
+            # The watch has not delivered our last status write yet: compare with
+            # what we wrote, not with the stale copy (no repeated writes or events).
+            old_status = previous.status
+        obs = status.Observed(generation=int(meta.get("generation") or 0))
+
+        try:
+            spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
+        except ValidationError as e:
+            spec = None
+            obs.spec_error = "; ".join(
+                f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+            )[:2000]
+
+        if spec is not None:
+            for manifest in builders.children(owner, spec, self.settings):
+                await self._ensure(manifest, observed)
+
+        obs.job = observed.get(("Job", ns, contract.job_name(name)))
+        progress_cm = observed.get(("ConfigMap", ns, contract.progress_map_name(name)))
+        obs.progress_data = dict((progress_cm or {}).get("data") or {})
+        if status.is_failed_job(obs.job) and old_status.get("phase") != "Failed":
+            pods = await self.kube.list_pods(ns, f"batch.kubernetes.io/job-name={contract.job_name(name)}")
+            obs.last_failed_pod = _last_failed_trainer(pods)
+
+        new_status, transitions = status.compute(old_status, obs)
+        if new_status != old_status:
+            changed = sorted(
+                k for k in new_status.keys() | old_status.keys() if new_status.get(k) != old_status.get(k)
+            )
+            log.debug("status of %s/%s changes: %s", ns, name, ", ".join(changed))
+            updated = await self.kube.patch_status(api.API_VERSION, "FineTuneJob", ns, name, new_status)
+            stale = {_rv(body)} | (previous.stale_versions | {previous.version} if previous else set())
+            self.status_writes[(ns, name)] = StatusWrite(new_status, _rv(updated), stale)
+            for t in transitions:
+                self.post_event(body, t.type, t.reason, t.message)
+        return new_status
+
+    def forget(self, key: Key) -> None:
+        """Drop what is remembered of a deleted FineTuneJob."""
+        ns, name = key
+        self.status_writes.pop(key, None)
+        children = {
+            contract.job_name(name),
+            contract.config_map_name(name),
+            contract.progress_map_name(name),
+            contract.trainer_identity(name),
+            contract.rendezvous_service_name(name),
+        }
+        self.memo.forget(lambda k: k[1] == ns and k[2] in children)
+
+    async def _ensure(self, manifest: dict[str, Any], observed: dict[ChildKey, dict[str, Any]]) -> None:
+        """Apply ``manifest`` unless the observed object already has it."""
+        meta = manifest["metadata"]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        current = observed.get(key)
+        if current is not None and is_subset(manifest, current):
+            return
+        earlier_answer = self.memo.answer_to(key, manifest, _rv(current))
+        if earlier_answer is not None:
+            observed[key] = earlier_answer
+            return
+        try:
+            applied = await self.kube.apply(manifest)
+        except ApiException as e:
+            # A Job's pod template is immutable. The FineTuneJob's spec can only
+            # change before training started, so a Job that never started is
+            # replaced; the deletion event brings us back to create the new one.
+            never_started = current is not None and not (current.get("status") or {}).get("startTime")
+            if manifest["kind"] == "Job" and e.status == 422 and never_started:
+                log.info("replacing Job %s/%s whose template changed before it started", *key[1:])
+                await self.kube.delete("batch/v1", "Job", meta["namespace"], meta["name"])
+                return
+            raise
+        self.memo.sent(key, manifest, _rv(current), applied)
+        # What the server answered is the freshest view; the status uses it.
+        observed[key] = applied

@@ -1,0 +1,268 @@
+"""What a FineTuneJob's status should say, from what is observed. Pure.
+
+Inputs are the observed objects (the Job, the trainer's progress ConfigMap,
+the last failed pod's termination); the output is the complete status. Equal
+inputs give an equal status (transition times are carried over), so the
+caller writes only when something really changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..conditions import merge_conditions
+from . import contract
+
+# Reasons, CamelCase, documented in docs/operations.md (troubleshooting by reason).
+ACCEPTED = "Accepted"
+INVALID_SPEC = "InvalidSpec"
+JOB_CREATED = "JobCreated"
+PODS_RUNNING = "TrainingRunning"
+PENDING = "WaitingForPods"
+SUSPENDED = "Suspended"
+NOT_SUSPENDED = "NotSuspended"
+ADAPTER_PUBLISHED = "AdapterPublished"
+GATE_PASSED = "EvaluationGatePassed"
+GATE_FAILED = "EvaluationGateFailed"
+NO_RESULT = "NoResultReported"
+DEADLINE = "DeadlineExceeded"
+BACKOFF = "BackoffLimitExceeded"
+TRAINER_FAILED = "TrainerFailed"
+
+
+@dataclass
+class Observed:
+    """What the operator saw of the FineTuneJob's world."""
+
+    generation: int
+    spec_error: str | None = None  # the spec failed to parse (the CRD should have stopped it)
+    job: dict[str, Any] | None = None
+    progress_data: dict[str, str] = field(default_factory=dict)  # the progress ConfigMap's data
+    last_failed_pod: dict[str, Any] | None = None  # {"exitCode", "message", "reason"} of a trainer container
+
+
+@dataclass
+class Transition:
+    """A condition that changed, to be announced as an Event."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def _json(data: dict[str, str], key: str) -> dict[str, Any] | None:
+    raw = data.get(key)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _job_condition(job: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
+    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def is_failed_job(job: dict[str, Any] | None) -> bool:
+    return _job_condition(job, "Failed") is not None
+
+
+def _progress(data: dict[str, str]) -> dict[str, Any] | None:
+    p = _json(data, contract.PROGRESS_KEY)
+    if p is None:
+        return None
+    out: dict[str, Any] = {}
+    for key in ("step", "totalSteps"):
+        if isinstance(p.get(key), int) and p[key] >= 0:
+            out[key] = p[key]
+    for key in ("epoch", "loss", "evalLoss", "learningRate"):
+        if isinstance(p.get(key), int | float) and not isinstance(p.get(key), bool):
+            out[key] = float(p[key])
+    if isinstance(p.get("time"), str):
+        out["updateTime"] = p["time"]
+    if out.get("totalSteps"):
+        out["percent"] = min(100, int(100 * out.get("step", 0) / out["totalSteps"]))
+    out.setdefault("step", 0)
+    return out
+
+
+def _published(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not result or not isinstance(result.get("adapter"), dict):
+        return None
+    a = result["adapter"]
+    if not all(isinstance(a.get(k), str) and a.get(k) for k in ("name", "revision", "path", "digest")):
+        return None
+    metrics = {
+        k: float(v)
+        for k, v in (result.get("metrics") or {}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    return {
+        "name": a["name"],
+        "revision": a["revision"],
+        "path": a["path"],
+        "digest": a["digest"],
+        "evaluationPassed": bool(result.get("evaluationPassed")),
+        "metrics": metrics,
+    }
+
+
+def _failure_detail(obs: Observed) -> tuple[str, str]:
+    """(reason, message) for a failed Job: the trainer's own words first."""
+    failure = _json(obs.progress_data, contract.FAILURE_KEY)
+    job_failed = _job_condition(obs.job, "Failed") or {}
+    pod = obs.last_failed_pod or {}
+    exit_code = pod.get("exitCode")
+    termination = (pod.get("message") or "").strip()
+    if failure and isinstance(failure.get("reason"), str) and failure["reason"].isidentifier():
+        reason = failure["reason"]
+        message = str(failure.get("message") or termination or "the trainer reported a failure")
+    elif job_failed.get("reason") == "DeadlineExceeded":
+        reason, message = DEADLINE, "training ran past spec.activeDeadlineSeconds"
+    else:
+        reason = BACKOFF if job_failed.get("reason") == "BackoffLimitExceeded" else TRAINER_FAILED
+        message = termination or job_failed.get("message") or "the training pod failed"
+    if exit_code is not None and f"exit code {exit_code}" not in message:
+        message = f"{message} (exit code {exit_code})"
+    return reason, message[:4000]
+
+
+def compute(old_status: dict[str, Any], obs: Observed) -> tuple[dict[str, Any], list[Transition]]:
+    """Return the new status and the transitions worth an Event."""
+    gen = obs.generation
+    conds: list[dict[str, Any]] = []
+
+    def cond(ctype: str, status: bool | None, reason: str, message: str) -> None:
+        s = "Unknown" if status is None else ("True" if status else "False")
+        conds.append(
+            {"type": ctype, "status": s, "reason": reason, "message": message, "observedGeneration": gen}
+        )
+
+    status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "failedAttempts": int(((obs.job or {}).get("status") or {}).get("failed") or 0),
+    }
+    for keep in ("startTime", "completionTime", "jobName"):
+        if old_status.get(keep):
+            status[keep] = old_status[keep]
+
+    if obs.spec_error:
+        cond("Accepted", False, INVALID_SPEC, obs.spec_error)
+        status["phase"] = "Failed"
+        cond("Failed", True, INVALID_SPEC, obs.spec_error)
+        return _finish(old_status, status, conds)
+
+    cond("Accepted", True, ACCEPTED, "the spec is valid; training resources are created")
+    job = obs.job
+    if job is None:
+        status["phase"] = "Pending"
+        cond("Running", False, PENDING, "creating the training Job")
+        return _finish(old_status, status, conds)
+
+    status["jobName"] = job["metadata"]["name"]
+    js = job.get("status") or {}
+    if js.get("startTime") and not status.get("startTime"):
+        status["startTime"] = js["startTime"]
+    progress = _progress(obs.progress_data)
+    if progress:
+        status["progress"] = progress
+    published = _published(_json(obs.progress_data, contract.RESULT_KEY))
+    if published:
+        status["adapter"] = published
+
+    complete = _job_condition(job, "Complete")
+    failed = _job_condition(job, "Failed")
+    suspended = bool((job.get("spec") or {}).get("suspend"))
+
+    if complete:
+        status.setdefault("completionTime", js.get("completionTime") or complete.get("lastTransitionTime"))
+        cond("Running", False, "Completed", "training finished")
+        if published is None:
+            status["phase"] = "Failed"
+            msg = f"the trainer exited successfully but reported no adapter in {contract.RESULT_KEY}"
+            cond("Succeeded", False, NO_RESULT, msg)
+            cond("Failed", True, NO_RESULT, msg)
+        elif published["evaluationPassed"]:
+            status["phase"] = "Succeeded"
+            where = f"{published['name']} revision {published['revision']} at {published['path']}"
+            cond("Evaluated", True, GATE_PASSED, f"{where} passed the evaluation gate")
+            cond("Succeeded", True, ADAPTER_PUBLISHED, f"published {where}")
+            cond("Failed", False, ADAPTER_PUBLISHED, "")
+        else:
+            status["phase"] = "Failed"
+            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(published["metrics"].items()))
+            msg = (
+                f"revision {published['revision']} did not pass the evaluation gate ({metrics}); "
+                "it is published but will not be promoted"
+            )
+            cond("Evaluated", False, GATE_FAILED, msg)
+            cond("Succeeded", False, GATE_FAILED, msg)
+            cond("Failed", True, GATE_FAILED, msg)
+    elif failed:
+        status.setdefault("completionTime", failed.get("lastTransitionTime"))
+        reason, message = _failure_detail(obs)
+        status["phase"] = "Failed"
+        cond("Running", False, reason, message)
+        cond("Succeeded", False, reason, message)
+        cond("Failed", True, reason, message)
+    elif suspended:
+        status["phase"] = "Suspended"
+        cond("Running", False, SUSPENDED, "spec.suspend is true; progress is kept in checkpoints")
+        cond("Suspended", True, SUSPENDED, "spec.suspend is true")
+    else:
+        ready = int(js.get("ready") or 0)
+        was_running = any(
+            c.get("type") == "Running" and c.get("status") == "True"
+            for c in old_status.get("conditions") or []
+        )
+        if ready:
+            status["phase"] = "Running"
+            cond("Running", True, PODS_RUNNING, f"{ready} training pod(s) running")
+        elif was_running:
+            # Between a pod's end and the Job's verdict, or between retries.
+            status["phase"] = "Running"
+            failed_so_far = status["failedAttempts"]
+            detail = f"retrying after {failed_so_far} failed attempt(s)" if failed_so_far else "finishing"
+            cond("Running", True, PODS_RUNNING, f"training pods {detail}")
+        else:
+            status["phase"] = "Pending"
+            cond("Running", False, PENDING, "waiting for the training pods to be scheduled and started")
+        if old_status.get("phase") == "Suspended" or any(
+            c.get("type") == "Suspended" for c in old_status.get("conditions") or []
+        ):
+            cond("Suspended", False, NOT_SUSPENDED, "resumed")
+    return _finish(old_status, status, conds)
+
+
+_WARNING_WHEN_TRUE = {"Failed"}
+_WARNING_WHEN_FALSE = {"Accepted", "Evaluated"}
+
+
+def _finish(
+    old_status: dict[str, Any], status: dict[str, Any], conds: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[Transition]]:
+    old_conds = old_status.get("conditions") or []
+    status["conditions"] = merge_conditions(old_conds, conds)
+    before = {c.get("type"): c.get("status") for c in old_conds}
+    transitions = []
+    for c in conds:
+        if before.get(c["type"]) == c["status"] or c["status"] == "Unknown":
+            continue
+        if c["status"] == "False" and c["type"] not in _WARNING_WHEN_FALSE and c["type"] not in before:
+            continue  # a condition that starts out False is not news
+        warning = (c["type"] in _WARNING_WHEN_TRUE and c["status"] == "True") or (
+            c["type"] in _WARNING_WHEN_FALSE and c["status"] == "False"
+        )
+        transitions.append(
+            Transition(
+                "Warning" if warning else "Normal", c["reason"], c["message"] or f"{c['type']}={c['status']}"
+            )
+        )
+    return status, transitions

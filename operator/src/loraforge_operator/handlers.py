@@ -1,0 +1,170 @@
+"""kopf wiring: watches, in-memory indexes, and the thin handlers that call
+the reconcilers.
+
+Only raw-event handlers (``@kopf.on.event``) and indexes are used: kopf then
+keeps no per-object state in annotations, so an operator with nothing to do
+writes nothing. The FineTuneJob and every child kind are indexed by owner; an
+event on either side reconciles the owner from those indexes. Children carry
+owner references, so deleting a FineTuneJob lets Kubernetes' garbage
+collector remove them; no finalizer is needed, and published adapters (files
+in the model store) are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from . import api, metrics
+from .finetunejob.reconcile import ChildKey, Key, Reconciler
+from .kube import Kube
+from .settings import LABEL_FINETUNEJOB, Settings
+
+log = logging.getLogger("loraforge")
+
+FTJ = (api.GROUP, api.VERSION, "finetunejobs")
+OWNED = {LABEL_FINETUNEJOB: kopf.PRESENT}
+# Child kinds the operator creates: (group, version, plural, kind).
+CHILD_KINDS = [
+    ("", "v1", "configmaps", "ConfigMap"),
+    ("", "v1", "serviceaccounts", "ServiceAccount"),
+    ("", "v1", "services", "Service"),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    ("batch", "v1", "jobs", "Job"),
+]
+
+
+class State:
+    """Process-wide state, created at start-up."""
+
+    reconciler: Reconciler | None = None
+    locks: dict[Key, asyncio.Lock] = {}  # noqa: RUF012 - one per FineTuneJob, serialises its reconciles
+    phases: dict[Key, str] = {}  # noqa: RUF012 - for the loraforge_finetunejobs gauge
+
+
+def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    cfg = Settings.from_env()
+    # Everything kopf may store on objects lives under our API group.
+    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port)
+    kube = await Kube.connect(cfg.field_manager)
+    State.reconciler = Reconciler(kube=kube, settings=cfg, post_event=_post_event)
+    log.info("loraforge operator started (trainer image %s)", cfg.trainer_image)
+
+
+@kopf.on.cleanup()
+async def shutdown(**_: Any) -> None:
+    if State.reconciler is not None:
+        await State.reconciler.kube.close()
+
+
+# --- indexes -------------------------------------------------------------------
+
+
+@kopf.index(*FTJ)
+def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace, name): dict(body)}
+
+
+def _child_indexer(kind: str):
+    def index(namespace: str, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any):
+        owner = labels[LABEL_FINETUNEJOB]
+        return {(namespace, owner): (kind, name, dict(body))}
+
+    return index
+
+
+for _group, _version, _plural, _kind in CHILD_KINDS:
+    kopf.index(_group, _version, _plural, labels=OWNED, id=f"owned_{_plural}")(_child_indexer(_kind))
+
+
+def _observed_children(key: Key, indexes: dict[str, Any]) -> dict[ChildKey, dict[str, Any]]:
+    observed: dict[ChildKey, dict[str, Any]] = {}
+    ns = key[0]
+    for _g, _v, plural, _k in CHILD_KINDS:
+        index = indexes[f"owned_{plural}"]
+        for kind, name, body in index.get(key, []):
+            observed[(kind, ns, name)] = body
+    return observed
+
+
+# --- reconciliation --------------------------------------------------------------
+
+
+async def _reconcile(key: Key, indexes: dict[str, Any], logger: logging.Logger) -> None:
+    reconciler = State.reconciler
+    if reconciler is None:
+        raise kopf.TemporaryError("the operator is still starting", delay=1)
+    lock = State.locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        bodies = list(indexes["finetunejobs"].get(key, []))
+        if not bodies:
+            return  # deleted; its children go with it (owner references)
+        body = bodies[0]
+        if body["metadata"].get("deletionTimestamp"):
+            return
+        started = time.monotonic()
+        try:
+            new_status = await reconciler.reconcile(body, _observed_children(key, indexes))
+        except Exception:
+            metrics.RECONCILES.labels(kind="FineTuneJob", result="error").inc()
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.labels(kind="FineTuneJob").observe(time.monotonic() - started)
+        metrics.RECONCILES.labels(kind="FineTuneJob", result="ok").inc()
+        State.phases[key] = new_status.get("phase") or "Pending"
+        _refresh_phase_gauge()
+
+
+def _refresh_phase_gauge() -> None:
+    counts = Counter(State.phases.values())
+    for phase in ("Pending", "Running", "Suspended", "Succeeded", "Failed"):
+        metrics.FINETUNEJOBS.labels(phase=phase).set(counts.get(phase, 0))
+
+
+def _all_indexes(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k == "finetunejobs" or k.startswith("owned_")}
+
+
+@kopf.on.event(*FTJ)
+async def finetunejob_event(
+    type: str, namespace: str, name: str, logger: logging.Logger, **kwargs: Any
+) -> None:
+    key = (namespace, name)
+    if type == "DELETED":
+        State.locks.pop(key, None)
+        State.phases.pop(key, None)
+        if State.reconciler is not None:
+            State.reconciler.forget(key)
+        _refresh_phase_gauge()
+        return
+    await _reconcile(key, _all_indexes(kwargs), logger)
+
+
+async def _child_event(type: str, namespace: str, labels: kopf.Labels, logger: logging.Logger, **kwargs: Any):
+    await _reconcile((namespace, labels[LABEL_FINETUNEJOB]), _all_indexes(kwargs), logger)
+
+
+for _group, _version, _plural, _kind in CHILD_KINDS:
+    kopf.on.event(_group, _version, _plural, labels=OWNED, id=f"child_{_plural}")(_child_event)

@@ -1,0 +1,27 @@
+"""Prometheus metrics of the operator (served on settings.metrics_port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter(
+    "loraforge_reconciles_total",
+    "Reconciles of loraforge resources, by kind and result (ok, error).",
+    ["kind", "result"],
+)
+RECONCILE_SECONDS = Histogram(
+    "loraforge_reconcile_duration_seconds",
+    "Time a reconcile took, by kind.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+API_WRITES = Counter(
+    "loraforge_api_writes_total",
+    "Write requests the operator sent to the Kubernetes API, by verb and kind.",
+    ["verb", "kind"],
+)
+FINETUNEJOBS = Gauge(
+    "loraforge_finetunejobs",
+    "FineTuneJobs the operator knows, by phase.",
+    ["phase"],
+)

@@ -1,0 +1,45 @@
+"""Operator settings, read once at start-up from the environment (the Helm
+chart sets them). Nothing here is a secret."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import api
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Default trainer image for FineTuneJobs that do not name one; the chart
+    # points it at the private registry mirror.
+    trainer_image: str = "loraforge/trainer:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    # UID/GID the trainer image runs as (numeric: runAsNonRoot can verify it).
+    trainer_uid: int = 1000
+    # Server-side apply field manager of everything the operator writes.
+    field_manager: str = "loraforge-operator"
+    # Port of the Prometheus /metrics endpoint (0 disables it).
+    metrics_port: int = 8080
+    # Rendezvous port of multi-node training (torchrun c10d/static).
+    rendezvous_port: int = 29500
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        d = cls()
+        return cls(
+            trainer_image=e.get("LORAFORGE_TRAINER_IMAGE", d.trainer_image),
+            image_pull_policy=e.get("LORAFORGE_IMAGE_PULL_POLICY", d.image_pull_policy),
+            trainer_uid=int(e.get("LORAFORGE_TRAINER_UID", d.trainer_uid)),
+            field_manager=e.get("LORAFORGE_FIELD_MANAGER", d.field_manager),
+            metrics_port=int(e.get("LORAFORGE_METRICS_PORT", d.metrics_port)),
+            rendezvous_port=int(e.get("LORAFORGE_RENDEZVOUS_PORT", d.rendezvous_port)),
+        )
+
+
+# Labels the operator puts on everything it creates.
+LABEL_FINETUNEJOB = f"{api.GROUP}/finetunejob"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "loraforge-operator"
