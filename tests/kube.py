@@ -87,6 +87,27 @@ class Kube:
             what=f"the default ServiceAccount in {name}",
         )
 
+    def server_and_ca(self, tmp_dir: Path) -> tuple[str, str]:
+        """The API server URL of the current context and its CA bundle written to a file."""
+        import base64
+
+        import yaml
+
+        cfg = yaml.safe_load(self.kubeconfig.read_text())
+        ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == cfg["current-context"])
+        cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
+        ca = tmp_dir / "ca.crt"
+        if "certificate-authority-data" in cluster:
+            ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+        else:
+            ca.write_bytes(Path(cluster["certificate-authority"]).read_bytes())
+        return cluster["server"], str(ca)
+
+    def token(self, namespace: str, service_account: str) -> str:
+        return self.kubectl(
+            "create", "token", service_account, "-n", namespace, "--duration=10m"
+        ).stdout.strip()
+
     def api_client(self):
         from kubernetes import config
 
