@@ -107,3 +107,12 @@ INVALID = [
     Invalid("deadline under a minute", {"activeDeadlineSeconds": 10}, "spec.activeDeadlineSeconds"),
     Invalid("unknown field", {"epochs": 3}, "spec.epochs"),
 ]
+
+INVALID.append(
+    Invalid(
+        "pod label with a reserved prefix",
+        {"podMetadata": {"labels": {"loraforge.io/finetunejob": "other"}}},
+        "spec.podMetadata.labels",
+        "reserved prefixes",
+    )
+)

@@ -47,6 +47,8 @@ class State:
     reconciler: Reconciler | None = None
     locks: dict[Key, asyncio.Lock] = {}  # noqa: RUF012 - one per FineTuneJob, serialises its reconciles
     phases: dict[Key, str] = {}  # noqa: RUF012 - for the loraforge_finetunejobs gauge
+    backoff: dict[Key, float] = {}  # noqa: RUF012 - seconds before the next retry, per FineTuneJob
+    retries: set[asyncio.Task] = set()  # noqa: RUF012 - pending retries (kept referenced)
 
 
 def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -127,14 +129,33 @@ async def _reconcile(key: Key, indexes: dict[str, Any], logger: logging.Logger) 
         started = time.monotonic()
         try:
             new_status = await reconciler.reconcile(body, _observed_children(key, indexes))
-        except Exception:
+        except Exception as e:
             metrics.RECONCILES.labels(kind="FineTuneJob", result="error").inc()
-            raise
+            _retry_later(key, indexes, logger, e)
+            return
         finally:
             metrics.RECONCILE_SECONDS.labels(kind="FineTuneJob").observe(time.monotonic() - started)
         metrics.RECONCILES.labels(kind="FineTuneJob", result="ok").inc()
+        State.backoff.pop(key, None)
         State.phases[key] = new_status.get("phase") or "Pending"
         _refresh_phase_gauge()
+
+
+def _retry_later(key: Key, indexes: dict[str, Any], logger: logging.Logger, error: Exception) -> None:
+    """Raw-event handlers are not retried by kopf, so a failed reconcile
+    (API error, conflict, throttling) schedules its own retry with capped
+    exponential backoff; any new event for the object also retries it."""
+    delay = min(State.backoff.get(key, 0.5) * 2, 60.0)
+    State.backoff[key] = delay
+    logger.warning("reconcile of %s/%s failed (%s); retrying in %.0fs", *key, error, delay)
+
+    async def retry() -> None:
+        await asyncio.sleep(delay)
+        await _reconcile(key, indexes, logger)
+
+    task = asyncio.get_running_loop().create_task(retry())
+    State.retries.add(task)
+    task.add_done_callback(State.retries.discard)
 
 
 def _refresh_phase_gauge() -> None:

@@ -191,6 +191,13 @@ def _command(owner: Owner, spec: FineTuneJobSpec, settings: Settings) -> list[st
     return [*launcher, "-m", "loraforge_trainer", "--config", config]
 
 
+def _pod_metadata(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": {**spec.pod_metadata.labels, **_labels(owner, "trainer")}}
+    if spec.pod_metadata.annotations:
+        meta["annotations"] = dict(spec.pod_metadata.annotations)
+    return meta
+
+
 def job(owner: Owner, spec: FineTuneJobSpec, settings: Settings) -> Manifest:
     r = spec.resources
     multi_node = r.nodes > 1
@@ -298,7 +305,7 @@ def job(owner: Owner, spec: FineTuneJobSpec, settings: Settings) -> Manifest:
             ]
         },
         "template": {
-            "metadata": {"labels": _labels(owner, "trainer")},
+            "metadata": _pod_metadata(owner, spec),
             "spec": pod_spec,
         },
     }

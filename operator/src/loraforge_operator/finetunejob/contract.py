@@ -33,6 +33,9 @@ RESULT_KEY = "result.json"
 FAILURE_KEY = "failure.json"
 # {"reason": "DatasetInvalid", "message": "datasets/train.jsonl:17: missing key 'messages'"}
 
+# The trainer's termination message on failure: "<Reason>: <message>", e.g.
+# "DatasetInvalid: datasets/train.jsonl:17: missing key 'messages'".
+
 # Exit code with which the trainer reports bad input (config, dataset, model):
 # the Job's podFailurePolicy fails the Job at once instead of retrying a run
 # that cannot succeed.

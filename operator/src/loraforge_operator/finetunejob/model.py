@@ -324,6 +324,37 @@ class Adapter(ApiModel):
     Default: the FineTuneJob's name."""
 
 
+class PodMetadata(ApiModel):
+    """Extra labels and annotations for the training pods (e.g. for cost attribution or sidecar injection
+    policies). Keys under loraforge.io/ and batch.kubernetes.io/ are reserved."""
+
+    model_config = cel_rules(
+        cel(
+            "!self.labels.exists(k, k.startsWith('loraforge.io/') || k.startsWith('batch.kubernetes.io/'))",
+            "podMetadata.labels may not use the reserved prefixes loraforge.io/ and batch.kubernetes.io/",
+            field_path=".labels",
+        ),
+    )
+
+    labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = Field(
+        default_factory=dict
+    )
+    """Labels added to each training pod."""
+
+    annotations: Annotated[dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=64)] = Field(
+        default_factory=dict
+    )
+    """Annotations added to each training pod."""
+
+    @model_validator(mode="after")
+    def _reserved(self) -> PodMetadata:
+        if any(k.startswith(("loraforge.io/", "batch.kubernetes.io/")) for k in self.labels):
+            raise ValueError(
+                "podMetadata.labels may not use the reserved prefixes loraforge.io/ and batch.kubernetes.io/"
+            )
+        return self
+
+
 class FineTuneJobSpec(ApiModel):
     """Desired state of a FineTuneJob. Immutable once training has started, except `suspend`."""
 
@@ -361,6 +392,9 @@ class FineTuneJobSpec(ApiModel):
 
     adapter: Adapter = Field(default_factory=Adapter)
     """The published adapter."""
+
+    pod_metadata: PodMetadata = Field(default_factory=PodMetadata)
+    """Extra labels and annotations for the training pods."""
 
     image: Annotated[str, Field(max_length=512)] | None = None
     """Trainer image. Default: the operator's configured trainer image (from your registry mirror)."""

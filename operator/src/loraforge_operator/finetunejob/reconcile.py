@@ -133,9 +133,16 @@ class Reconciler:
         obs.job = observed.get(("Job", ns, contract.job_name(name)))
         progress_cm = observed.get(("ConfigMap", ns, contract.progress_map_name(name)))
         obs.progress_data = dict((progress_cm or {}).get("data") or {})
-        if status.is_failed_job(obs.job) and old_status.get("phase") != "Failed":
-            pods = await self.kube.list_pods(ns, f"batch.kubernetes.io/job-name={contract.job_name(name)}")
-            obs.last_failed_pod = _last_failed_trainer(pods)
+        if status.is_failed_job(obs.job):
+            recorded = status.recorded_failure(old_status)
+            if recorded:
+                # A failure is explained once; the pods may be gone by now.
+                obs.recorded_failure = recorded
+            else:
+                pods = await self.kube.list_pods(
+                    ns, f"batch.kubernetes.io/job-name={contract.job_name(name)}"
+                )
+                obs.last_failed_pod = _last_failed_trainer(pods)
 
         new_status, transitions = status.compute(old_status, obs)
         if new_status != old_status:

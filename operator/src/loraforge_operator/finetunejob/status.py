@@ -9,6 +9,7 @@ caller writes only when something really changed.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,11 @@ BACKOFF = "BackoffLimitExceeded"
 TRAINER_FAILED = "TrainerFailed"
 
 
+_REASON = re.compile(r"[A-Z][A-Za-z0-9]{0,80}")
+# The trainer's termination message: "<Reason>: <message>" (contract.py).
+_TERMINATION = re.compile(r"^([A-Z][A-Za-z0-9]{0,80}): (.+)$", re.S)
+
+
 @dataclass
 class Observed:
     """What the operator saw of the FineTuneJob's world."""
@@ -41,6 +47,7 @@ class Observed:
     job: dict[str, Any] | None = None
     progress_data: dict[str, str] = field(default_factory=dict)  # the progress ConfigMap's data
     last_failed_pod: dict[str, Any] | None = None  # {"exitCode", "message", "reason"} of a trainer container
+    recorded_failure: tuple[str, str] | None = None  # (reason, message) already in the status
 
 
 @dataclass
@@ -114,16 +121,29 @@ def _published(result: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def recorded_failure(old_status: dict[str, Any]) -> tuple[str, str] | None:
+    """The (reason, message) of a Failed condition already in the status."""
+    for c in old_status.get("conditions") or []:
+        if c.get("type") == "Failed" and c.get("status") == "True":
+            return c.get("reason") or TRAINER_FAILED, c.get("message") or ""
+    return None
+
+
 def _failure_detail(obs: Observed) -> tuple[str, str]:
     """(reason, message) for a failed Job: the trainer's own words first."""
+    if obs.recorded_failure:
+        return obs.recorded_failure
     failure = _json(obs.progress_data, contract.FAILURE_KEY)
     job_failed = _job_condition(obs.job, "Failed") or {}
     pod = obs.last_failed_pod or {}
     exit_code = pod.get("exitCode")
     termination = (pod.get("message") or "").strip()
-    if failure and isinstance(failure.get("reason"), str) and failure["reason"].isidentifier():
+    said = _TERMINATION.match(termination)
+    if failure and isinstance(failure.get("reason"), str) and _REASON.fullmatch(failure["reason"]):
         reason = failure["reason"]
         message = str(failure.get("message") or termination or "the trainer reported a failure")
+    elif said:
+        reason, message = said.group(1), said.group(2).strip()
     elif job_failed.get("reason") == "DeadlineExceeded":
         reason, message = DEADLINE, "training ran past spec.activeDeadlineSeconds"
     else:
