@@ -15,12 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from loraforge_operator.finetunejob import contract
 from loraforge_trainer.report import ProgressReporter
 from tests.e2e.conftest import TRAINER_IMAGE, OperatorProcess
 from tests.finetunejob_cases import VALID_SPEC, merge
 from tests.kube import Kube, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("model_store")
 
@@ -81,62 +84,57 @@ def _events(kube: Kube, namespace: str, name: str) -> list[dict]:
     )["items"]
 
 
-def test_finetunejob_trains_on_a_gpu_node_and_succeeds_with_the_reported_adapter(
+def test_example_finetunejob_trains_on_a_gpu_node_and_succeeds_with_the_reported_adapter(
     kube: Kube, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
-    _apply_ftj(
-        kube,
-        namespace,
-        "support",
-        resources={"gpusPerNode": 2},
-        podMetadata={"annotations": {"job-pod-complete.stage.kwok.x-k8s.io/delay": "8s"}},
-    )
+    ftj = yaml.safe_load((REPO / "examples" / "finetunejob-lora.yaml").read_text())
+    # Keep the fake training pod running long enough to report progress.
+    ftj["spec"]["podMetadata"] = {"annotations": {"job-pod-complete.stage.kwok.x-k8s.io/delay": "8s"}}
+    name = ftj["metadata"]["name"]
+    kube.apply(ftj, namespace=namespace)
     job = wait_for(lambda: kube.get("jobs", "-n", namespace)["items"], 60, "the training Job")[0]
-    assert job["metadata"]["name"] == "support-train"
+    assert job["metadata"]["name"] == f"{name}-train"
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == TRAINER_IMAGE
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in container["env"]
     # The namespace enforces Pod Security "restricted": the pod was admitted.
-    pod = wait_for(
-        lambda: [
-            p
-            for p in kube.get("pods", "-n", namespace, "-l", "batch.kubernetes.io/job-name=support-train")[
-                "items"
-            ]
-            if p["spec"].get("nodeName")
-        ],
-        60,
-        "the training pod to be scheduled",
-    )[0]
-    assert pod["spec"]["nodeName"].startswith("gpu-node-")
-    _phase(kube, namespace, "support", "Running")
+    selector = f"batch.kubernetes.io/job-name={name}-train"
 
-    reporter = _reporter(kube, namespace, "support", tmp_path)
+    def scheduled() -> list[dict]:
+        return [
+            p for p in kube.get("pods", "-n", namespace, "-l", selector)["items"] if p["spec"].get("nodeName")
+        ]
+
+    pod = wait_for(scheduled, 60, "the pod to be scheduled")[0]
+    assert pod["spec"]["nodeName"].startswith("gpu-node-")
+    _phase(kube, namespace, name, "Running")
+
+    reporter = _reporter(kube, namespace, name, tmp_path)
     assert reporter.progress(step=50, total_steps=200, epoch=0.5, loss=1.31, learning_rate=1.8e-4)
     running = wait_for(
-        lambda: (o := _ftj(kube, namespace, "support"))["status"].get("progress") and o,
+        lambda: (o := _ftj(kube, namespace, name))["status"].get("progress") and o,
         30,
         "progress in the status",
     )
     assert running["status"]["progress"]["percent"] == 25 and running["status"]["progress"]["loss"] == 1.31
     adapter = {
-        "name": "support",
+        "name": name,
         "revision": "r1",
-        "path": f"adapters/{namespace}/support/r1",
+        "path": f"adapters/{namespace}/{name}/r1",
         "digest": "sha256:" + "0f" * 32,
     }
     reporter.result(adapter, {"evalLoss": 0.92, "baseEvalLoss": 1.6}, evaluation_passed=True)
 
-    done = _phase(kube, namespace, "support", "Succeeded")
+    done = _phase(kube, namespace, name, "Succeeded")
     assert done["status"]["adapter"]["revision"] == "r1"
     assert done["status"]["adapter"]["evaluationPassed"] is True
     assert _condition(done, "Succeeded")["reason"] == "AdapterPublished"
     assert _condition(done, "Evaluated")["status"] == "True"
     assert done["status"]["observedGeneration"] == done["metadata"]["generation"]
-    reasons = {e["reason"] for e in _events(kube, namespace, "support")}
+    reasons = {e["reason"] for e in _events(kube, namespace, name)}
     assert {"Accepted", "TrainingRunning", "AdapterPublished"} <= reasons
-    printed = kube.kubectl("get", "ftj", "support", "-n", namespace).stdout
+    printed = kube.kubectl("get", "ftj", name, "-n", namespace).stdout
     assert "Succeeded" in printed and "r1" in printed
 
 

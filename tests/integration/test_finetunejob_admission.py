@@ -93,3 +93,10 @@ def test_spec_is_frozen_once_training_started_except_suspend(kube: Kube, crds: N
     assert "the spec cannot change once training has started" in proc.stderr
     kube.kubectl("patch", "ftj", "frozen", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
     assert kube.get("ftj", "frozen", "-n", namespace)["spec"]["suspend"] is True
+
+
+@pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_is_accepted_by_the_api_server(
+    kube: Kube, crds: None, namespace: str, example: Path
+) -> None:
+    kube.kubectl("apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", str(example))

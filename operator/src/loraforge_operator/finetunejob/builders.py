@@ -73,7 +73,7 @@ def resolved_config(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
     adapter = resolved.adapter.name or owner.name
     resolved.adapter.name = adapter
     body = resolved.model_dump(by_alias=True, exclude_none=True, mode="json")
-    body["run"] = {
+    run = {
         "namespace": owner.namespace,
         "fineTuneJob": owner.name,
         "uid": owner.uid,
@@ -86,6 +86,7 @@ def resolved_config(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
         "adapterDir": f"{contract.MODEL_STORE_MOUNT}/adapters/{owner.namespace}/{adapter}",
         "progressConfigMap": contract.progress_map_name(owner.name),
     }
+    body["run"] = {k: v for k, v in run.items() if v is not None}
     return body
 
 
