@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> None:
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     logging.getLogger("kubernetes_asyncio").setLevel(logging.WARNING)
+    if not args.verbose:
+        # kopf logs every handled event at INFO ("Handler ... succeeded"): noise
+        # at scale. Our own messages and kopf's warnings and errors remain.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from . import handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(

@@ -45,7 +45,8 @@ class State:
     """Process-wide state, created at start-up."""
 
     reconciler: Reconciler | None = None
-    locks: dict[Key, asyncio.Lock] = {}  # noqa: RUF012 - one per FineTuneJob, serialises its reconciles
+    running: set[Key] = set()  # noqa: RUF012 - FineTuneJobs being reconciled right now
+    dirty: set[Key] = set()  # noqa: RUF012 - ... that saw another event meanwhile
     phases: dict[Key, str] = {}  # noqa: RUF012 - for the loraforge_finetunejobs gauge
     backoff: dict[Key, float] = {}  # noqa: RUF012 - seconds before the next retry, per FineTuneJob
     retries: set[asyncio.Task] = set()  # noqa: RUF012 - pending retries (kept referenced)
@@ -84,13 +85,15 @@ async def shutdown(**_: Any) -> None:
 # --- indexes -------------------------------------------------------------------
 
 
+# Indexers are coroutines: kopf runs plain functions in a thread pool, which
+# costs more than the work itself.
 @kopf.index(*FTJ)
-def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+async def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, name): dict(body)}
 
 
 def _child_indexer(kind: str):
-    def index(namespace: str, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any):
+    async def index(namespace: str, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any):
         owner = labels[LABEL_FINETUNEJOB]
         return {(namespace, owner): (kind, name, dict(body))}
 
@@ -118,27 +121,45 @@ async def _reconcile(key: Key, indexes: dict[str, Any], logger: logging.Logger) 
     reconciler = State.reconciler
     if reconciler is None:
         raise kopf.TemporaryError("the operator is still starting", delay=1)
-    lock = State.locks.setdefault(key, asyncio.Lock())
-    async with lock:
-        bodies = list(indexes["finetunejobs"].get(key, []))
-        if not bodies:
-            return  # deleted; its children go with it (owner references)
-        body = bodies[0]
-        if body["metadata"].get("deletionTimestamp"):
-            return
-        started = time.monotonic()
-        try:
-            new_status = await reconciler.reconcile(body, _observed_children(key, indexes))
-        except Exception as e:
-            metrics.RECONCILES.labels(kind="FineTuneJob", result="error").inc()
-            _retry_later(key, indexes, logger, e)
-            return
-        finally:
-            metrics.RECONCILE_SECONDS.labels(kind="FineTuneJob").observe(time.monotonic() - started)
-        metrics.RECONCILES.labels(kind="FineTuneJob", result="ok").inc()
-        State.backoff.pop(key, None)
-        State.phases[key] = new_status.get("phase") or "Pending"
-        _refresh_phase_gauge()
+    # Events for one FineTuneJob arrive in bursts (each child we apply echoes
+    # back). While a reconcile runs, further events only mark the key dirty;
+    # the running reconcile goes round once more, from the freshest indexes.
+    if key in State.running:
+        State.dirty.add(key)
+        return
+    State.running.add(key)
+    try:
+        while True:
+            State.dirty.discard(key)
+            await _reconcile_once(reconciler, key, indexes, logger)
+            if key not in State.dirty:
+                break
+    finally:
+        State.running.discard(key)
+
+
+async def _reconcile_once(
+    reconciler: Reconciler, key: Key, indexes: dict[str, Any], logger: logging.Logger
+) -> None:
+    bodies = list(indexes["finetunejobs"].get(key, []))
+    if not bodies:
+        return  # deleted; its children go with it (owner references)
+    body = bodies[0]
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    started = time.monotonic()
+    try:
+        new_status = await reconciler.reconcile(body, _observed_children(key, indexes))
+    except Exception as e:
+        metrics.RECONCILES.labels(kind="FineTuneJob", result="error").inc()
+        _retry_later(key, indexes, logger, e)
+        return
+    finally:
+        metrics.RECONCILE_SECONDS.labels(kind="FineTuneJob").observe(time.monotonic() - started)
+    metrics.RECONCILES.labels(kind="FineTuneJob", result="ok").inc()
+    State.backoff.pop(key, None)
+    State.phases[key] = new_status.get("phase") or "Pending"
+    _refresh_phase_gauge()
 
 
 def _retry_later(key: Key, indexes: dict[str, Any], logger: logging.Logger, error: Exception) -> None:
@@ -174,7 +195,6 @@ async def finetunejob_event(
 ) -> None:
     key = (namespace, name)
     if type == "DELETED":
-        State.locks.pop(key, None)
         State.phases.pop(key, None)
         if State.reconciler is not None:
             State.reconciler.forget(key)

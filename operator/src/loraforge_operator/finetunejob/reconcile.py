@@ -5,6 +5,7 @@ write to the API server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -102,6 +103,8 @@ class Reconciler:
     post_event: Callable[[dict[str, Any], str, str, str], None]
     memo: WriteMemo = field(default_factory=WriteMemo)
     status_writes: dict[Key, StatusWrite] = field(default_factory=dict)
+    # Per FineTuneJob: (uid, generation, the children to apply or the spec's validation error).
+    built: dict[Key, tuple[str, int, list[dict[str, Any]] | str]] = field(default_factory=dict)
 
     async def reconcile(
         self, body: dict[str, Any], observed: dict[ChildKey, dict[str, Any]]
@@ -118,17 +121,14 @@ class Reconciler:
             old_status = previous.status
         obs = status.Observed(generation=int(meta.get("generation") or 0))
 
-        try:
-            spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
-        except ValidationError as e:
-            spec = None
-            obs.spec_error = "; ".join(
-                f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-            )[:2000]
-
-        if spec is not None:
-            for manifest in builders.children(owner, spec, self.settings):
-                await self._ensure(manifest, observed)
+        desired = self._desired(owner, body, obs.generation)
+        if isinstance(desired, str):
+            obs.spec_error = desired
+        else:
+            *supporting, job = desired
+            # What the Job's pods mount and run as first (concurrently), then the Job.
+            await asyncio.gather(*(self._ensure(m, observed) for m in supporting))
+            await self._ensure(job, observed)
 
         obs.job = observed.get(("Job", ns, contract.job_name(name)))
         progress_cm = observed.get(("ConfigMap", ns, contract.progress_map_name(name)))
@@ -157,10 +157,29 @@ class Reconciler:
                 self.post_event(body, t.type, t.reason, t.message)
         return new_status
 
+    def _desired(self, owner: builders.Owner, body: dict[str, Any], generation: int) -> list[dict] | str:
+        """The children for this generation of the spec, or why the spec is invalid.
+        Built once per generation: the spec cannot change without a new one."""
+        key = (owner.namespace, owner.name)
+        cached = self.built.get(key)
+        if cached is not None and cached[:2] == (owner.uid, generation):
+            return cached[2]
+        try:
+            spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
+        except ValidationError as e:
+            desired: list[dict[str, Any]] | str = "; ".join(
+                f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+            )[:2000]
+        else:
+            desired = builders.children(owner, spec, self.settings)
+        self.built[key] = (owner.uid, generation, desired)
+        return desired
+
     def forget(self, key: Key) -> None:
         """Drop what is remembered of a deleted FineTuneJob."""
         ns, name = key
         self.status_writes.pop(key, None)
+        self.built.pop(key, None)
         children = {
             contract.job_name(name),
             contract.config_map_name(name),
