@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)/dev
 TIERS ?= lint unit integration e2e
 
 .PHONY: help venv cluster-binaries cluster cluster-down cluster-status test lint test-unit \
-        test-integration test-e2e demo clean
+        test-integration test-e2e bench crds operator-local demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,8 +35,15 @@ cluster: venv ## start the local cluster (idempotent); kubeconfig in .cluster/ku
 cluster-down: venv ## stop exactly what `make cluster` started
 	$(PY) -m localcluster down
 
+operator-local: cluster ## run the operator in the foreground against the local cluster (CRDs applied first)
+	@eval "$$($(PY) -m localcluster env)" && kubectl apply --server-side --force-conflicts -f crds/ \
+	  && $(VENV)/bin/loraforge-operator --log-format plain
+
 cluster-status: venv ## is the local cluster running?
 	$(PY) -m localcluster status
+
+crds: venv ## regenerate crds/ from the API models
+	$(PY) -m loraforge_operator.crds
 
 test: venv ## lint + unit + integration + e2e (TIERS="unit e2e" to pick), with each tier's time
 	$(PY) dev/testtiers.py $(TIERS)
@@ -52,6 +59,9 @@ test-integration: venv ## tests against a real kube-apiserver
 
 test-e2e: venv ## tests on the full local control plane
 	$(PY) dev/testtiers.py e2e
+
+bench: venv cluster-binaries ## operator benchmarks (ratios against a plain-client floor; takes ~10 minutes)
+	$(PY) bench/finetunejob_bench.py
 
 demo: cluster ## bring up the local cluster and show its fake GPU nodes
 	@echo

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from localcluster import storage
 from tests.kube import Kube, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,36 +107,8 @@ def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
 
 @pytest.fixture
 def model_store(kube: Kube, namespace: str) -> Iterator[str]:
-    """A bound `loraforge-model-store` claim in the test namespace (a statically
-    provisioned volume; on fake nodes nothing mounts it)."""
-    pv = f"{namespace}-store"
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv},
-            "spec": {
-                "capacity": {"storage": "10Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "hostPath": {"path": f"/nonexistent/{pv}"},
-                "persistentVolumeReclaimPolicy": "Retain",
-                "claimRef": {"namespace": namespace, "name": "loraforge-model-store"},
-            },
-        }
-    )
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "loraforge-model-store"},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": "",
-                "volumeName": pv,
-                "resources": {"requests": {"storage": "10Gi"}},
-            },
-        },
-        namespace=namespace,
-    )
-    yield "loraforge-model-store"
-    kube.kubectl("delete", "pv", pv, "--wait=false", check=False)
+    """A bound `loraforge-model-store` claim in the test namespace."""
+    pv, pvc = storage.model_store(namespace)
+    kube.apply([pv, pvc])
+    yield pvc["metadata"]["name"]
+    kube.kubectl("delete", "pv", pv["metadata"]["name"], "--wait=false", check=False)
