@@ -100,3 +100,12 @@ def test_every_example_is_accepted_by_the_api_server(
     kube: Kube, crds: None, namespace: str, example: Path
 ) -> None:
     kube.kubectl("apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", str(example))
+
+
+def test_a_name_too_long_for_the_training_jobs_names_is_rejected(
+    kube: Kube, crds: None, namespace: str
+) -> None:
+    proc = kube.kubectl("create", "-n", namespace, "-f", "-", input=_ftj("x" * 53, VALID_SPEC), check=False)
+    assert proc.returncode != 0
+    assert "metadata.name may be at most 52 characters" in proc.stderr
+    kube.kubectl("create", "-n", namespace, "-f", "-", input=_ftj("x" * 52, VALID_SPEC))
