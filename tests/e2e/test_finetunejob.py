@@ -167,6 +167,26 @@ def test_failed_training_fails_once_with_the_trainers_reason_and_exit_code(
     )
 
 
+def test_pods_that_cannot_be_scheduled_are_explained(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    _apply_ftj(kube, namespace, "nostore", modelStore={"claimName": "missing-store"})
+    stuck = wait_for(
+        lambda: (
+            (o := _ftj(kube, namespace, "nostore")).get("status")
+            and _condition(o, "Running").get("reason") == "Unschedulable"
+            and o
+        ),
+        60,
+        "the Running condition to say Unschedulable",
+    )
+    assert stuck["status"]["phase"] == "Pending"
+    assert 'persistentvolumeclaim "missing-store" not found' in _condition(stuck, "Running")["message"]
+    assert any(
+        e["type"] == "Warning" and e["reason"] == "Unschedulable" for e in _events(kube, namespace, "nostore")
+    )
+
+
 def test_job_that_completes_without_a_result_fails_saying_so(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:

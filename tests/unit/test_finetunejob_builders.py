@@ -165,3 +165,16 @@ def test_pod_metadata_is_added_but_cannot_replace_the_operators_labels() -> None
 )
 def test_is_subset(desired: dict, observed: dict, expected: bool) -> None:
     assert is_subset(desired, observed) is expected
+
+
+def test_write_memo_answers_only_while_the_watch_still_shows_the_old_object() -> None:
+    from loraforge_operator.finetunejob.reconcile import WriteMemo
+
+    memo = WriteMemo()
+    manifest = {"kind": "ConfigMap", "data": {"a": "1"}}
+    answer = {"kind": "ConfigMap", "data": {"a": "1"}, "metadata": {"resourceVersion": "8"}}
+    memo.sent("k", manifest, "7", answer)
+    assert memo.answer_to("k", manifest, "7") == answer  # the watch has not caught up: do not send again
+    assert memo.answer_to("k", {**manifest, "data": {"a": "2"}}, "7") is None  # a different payload is sent
+    assert memo.answer_to("k", manifest, "9") is None  # a newer object is observed: judge it afresh
+    assert memo.answer_to("k", manifest, "7") is None  # and the entry is gone

@@ -188,3 +188,51 @@ def test_transition_time_changes_only_with_the_status() -> None:
     t0 = _cond(pending, "Accepted")["lastTransitionTime"]
     running, _ = status.compute(pending, status.Observed(1, job=_job(ready=1, active=1)))
     assert _cond(running, "Accepted")["lastTransitionTime"] == t0
+
+
+def test_a_stuck_pod_is_explained_and_warned_about() -> None:
+    obs = status.Observed(1, job=_job(active=1), pod_problem=("Unschedulable", "0/3 nodes are available"))
+    st, events = status.compute({}, obs)
+    running = _cond(st, "Running")
+    assert st["phase"] == "Pending" and running["reason"] == "Unschedulable"
+    assert running["message"] == "training pods cannot start: 0/3 nodes are available"
+    assert any(e.type == "Warning" and e.reason == "Unschedulable" for e in events)
+
+
+def test_pod_problems_are_read_from_the_scheduler_and_the_kubelet() -> None:
+    from loraforge_operator.finetunejob.reconcile import _pod_problem
+
+    unschedulable = {
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "Insufficient nvidia.com/gpu",
+                }
+            ],
+        }
+    }
+    no_image = {
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}},
+                }
+            ],
+        }
+    }
+    creating = {
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}],
+        }
+    }
+    assert _pod_problem([unschedulable]) == ("Unschedulable", "Insufficient nvidia.com/gpu")
+    assert _pod_problem([no_image]) == ("ImagePullBackOff", "container trainer: not found")
+    assert _pod_problem([creating]) is None
+    assert _pod_problem([{"status": {"phase": "Running"}}]) is None

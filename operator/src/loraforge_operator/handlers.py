@@ -66,8 +66,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=api.GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
+    settings.watching.server_timeout = cfg.watch_timeout
+    settings.watching.client_timeout = cfg.watch_timeout + 30
     settings.networking.request_timeout = 60
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port)
@@ -87,15 +87,25 @@ async def shutdown(**_: Any) -> None:
 
 # Indexers are coroutines: kopf runs plain functions in a thread pool, which
 # costs more than the work itself.
+def _trimmed(body: kopf.Body) -> dict[str, Any]:
+    """The object without what reconciling never reads: managedFields are often
+    the largest part of an object written with server-side apply."""
+    obj = dict(body)
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("managedFields", None)
+    obj["metadata"] = meta
+    return obj
+
+
 @kopf.index(*FTJ)
 async def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace, name): dict(body)}
+    return {(namespace, name): _trimmed(body)}
 
 
 def _child_indexer(kind: str):
     async def index(namespace: str, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any):
         owner = labels[LABEL_FINETUNEJOB]
-        return {(namespace, owner): (kind, name, dict(body))}
+        return {(namespace, owner): (kind, name, _trimmed(body))}
 
     return index
 
@@ -104,10 +114,24 @@ for _group, _version, _plural, _kind in CHILD_KINDS:
     kopf.index(_group, _version, _plural, labels=OWNED, id=f"owned_{_plural}")(_child_indexer(_kind))
 
 
+# Training pods (they carry the label through the Job's template): their
+# scheduling and exit state explain a stuck or failed FineTuneJob. Only
+# metadata.name and status are kept, to keep memory low.
+@kopf.index("", "v1", "pods", labels=OWNED, id="owned_pods")
+async def owned_pods(namespace: str, name: str, labels: kopf.Labels, status: kopf.Status, **_: Any):
+    return {
+        (namespace, labels[LABEL_FINETUNEJOB]): (
+            "Pod",
+            name,
+            {"metadata": {"name": name}, "status": dict(status)},
+        )
+    }
+
+
 def _observed_children(key: Key, indexes: dict[str, Any]) -> dict[ChildKey, dict[str, Any]]:
     observed: dict[ChildKey, dict[str, Any]] = {}
     ns = key[0]
-    for _g, _v, plural, _k in CHILD_KINDS:
+    for plural in [*(c[2] for c in CHILD_KINDS), "pods"]:
         index = indexes[f"owned_{plural}"]
         for kind, name, body in index.get(key, []):
             observed[(kind, ns, name)] = body
@@ -207,5 +231,5 @@ async def _child_event(type: str, namespace: str, labels: kopf.Labels, logger: l
     await _reconcile((namespace, labels[LABEL_FINETUNEJOB]), _all_indexes(kwargs), logger)
 
 
-for _group, _version, _plural, _kind in CHILD_KINDS:
+for _group, _version, _plural, _kind in [*CHILD_KINDS, ("", "v1", "pods", "Pod")]:
     kopf.on.event(_group, _version, _plural, labels=OWNED, id=f"child_{_plural}")(_child_event)

@@ -109,9 +109,3 @@ class Kube:
         except ApiException as e:
             if e.status != 404:
                 raise
-
-    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        result = await self._call(
-            "GET", f"/api/v1/namespaces/{namespace}/pods", query=[("labelSelector", label_selector)]
-        )
-        return list(result.get("items") or [])

@@ -23,6 +23,8 @@ class Settings:
     metrics_port: int = 8080
     # Rendezvous port of multi-node training (torchrun c10d/static).
     rendezvous_port: int = 29500
+    # Seconds a watch request lasts before the API server ends it and kopf re-watches.
+    watch_timeout: int = 300
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -35,6 +37,7 @@ class Settings:
             field_manager=e.get("LORAFORGE_FIELD_MANAGER", d.field_manager),
             metrics_port=int(e.get("LORAFORGE_METRICS_PORT", d.metrics_port)),
             rendezvous_port=int(e.get("LORAFORGE_RENDEZVOUS_PORT", d.rendezvous_port)),
+            watch_timeout=int(e.get("LORAFORGE_WATCH_TIMEOUT", d.watch_timeout)),
         )
 
 

@@ -51,14 +51,21 @@ class WriteMemo:
 
     def answer_to(self, key: Any, payload: Any, observed_rv: str | None) -> dict[str, Any] | None:
         """The server's answer if ``payload`` was already applied over the object
-        at ``observed_rv``, else None."""
+        at ``observed_rv``, else None. Once the watch shows a newer object, the
+        entry has served its purpose and is dropped (memory stays bounded)."""
         last = self._last.get(key)
-        if last is not None and last[:2] == (json.dumps(payload, sort_keys=True), observed_rv):
-            return last[2]
-        return None
+        if last is None:
+            return None
+        if last[1] != observed_rv:
+            del self._last[key]
+            return None
+        return last[2] if last[0] == json.dumps(payload, sort_keys=True) else None
 
     def sent(self, key: Any, payload: Any, observed_rv: str | None, answer: dict[str, Any]) -> None:
         self._last[key] = (json.dumps(payload, sort_keys=True), observed_rv, answer)
+
+    def discard(self, key: Any) -> None:
+        self._last.pop(key, None)
 
     def forget(self, prefix: Callable[[Any], bool]) -> None:
         for k in [k for k in self._last if prefix(k)]:
@@ -77,6 +84,36 @@ class StatusWrite:
 
 def _rv(obj: dict[str, Any] | None) -> str | None:
     return ((obj or {}).get("metadata") or {}).get("resourceVersion")
+
+
+# Container waiting reasons that will not resolve by waiting.
+_STUCK = {
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+}
+
+
+def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """Why training pods are not running yet, if a person should know: the
+    scheduler's verdict, or an image or config the kubelet cannot use."""
+    for pod in pods:
+        st = pod.get("status") or {}
+        if st.get("phase") not in (None, "Pending"):
+            continue
+        for cond in st.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
+                return cond["reason"], cond.get("message") or ""
+        for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _STUCK:
+                return waiting[
+                    "reason"
+                ], f"container {cs.get('name')}: {waiting.get('message') or waiting['reason']}"
+    return None
 
 
 def _last_failed_trainer(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -133,16 +170,13 @@ class Reconciler:
         obs.job = observed.get(("Job", ns, contract.job_name(name)))
         progress_cm = observed.get(("ConfigMap", ns, contract.progress_map_name(name)))
         obs.progress_data = dict((progress_cm or {}).get("data") or {})
+        pods = [obj for (kind, _, _), obj in observed.items() if kind == "Pod"]
         if status.is_failed_job(obs.job):
-            recorded = status.recorded_failure(old_status)
-            if recorded:
-                # A failure is explained once; the pods may be gone by now.
-                obs.recorded_failure = recorded
-            else:
-                pods = await self.kube.list_pods(
-                    ns, f"batch.kubernetes.io/job-name={contract.job_name(name)}"
-                )
-                obs.last_failed_pod = _last_failed_trainer(pods)
+            # A failure is explained once; the pods may be gone later.
+            obs.recorded_failure = status.recorded_failure(old_status)
+            obs.last_failed_pod = _last_failed_trainer(pods)
+        else:
+            obs.pod_problem = _pod_problem(pods)
 
         new_status, transitions = status.compute(old_status, obs)
         if new_status != old_status:
@@ -195,11 +229,15 @@ class Reconciler:
         key = (manifest["kind"], meta["namespace"], meta["name"])
         current = observed.get(key)
         if current is not None and is_subset(manifest, current):
+            self.memo.discard(key)
             return
         earlier_answer = self.memo.answer_to(key, manifest, _rv(current))
         if earlier_answer is not None:
             observed[key] = earlier_answer
             return
+        log.debug(
+            "applying %s %s/%s (%s)", key[0], key[1], key[2], "missing" if current is None else "differs"
+        )
         try:
             applied = await self.kube.apply(manifest)
         except ApiException as e:

@@ -48,6 +48,7 @@ class Observed:
     progress_data: dict[str, str] = field(default_factory=dict)  # the progress ConfigMap's data
     last_failed_pod: dict[str, Any] | None = None  # {"exitCode", "message", "reason"} of a trainer container
     recorded_failure: tuple[str, str] | None = None  # (reason, message) already in the status
+    pod_problem: tuple[str, str] | None = None  # (reason, message) why pods are stuck before running
 
 
 @dataclass
@@ -251,6 +252,10 @@ def compute(old_status: dict[str, Any], obs: Observed) -> tuple[dict[str, Any], 
             failed_so_far = status["failedAttempts"]
             detail = f"retrying after {failed_so_far} failed attempt(s)" if failed_so_far else "finishing"
             cond("Running", True, PODS_RUNNING, f"training pods {detail}")
+        elif obs.pod_problem:
+            status["phase"] = "Pending"
+            reason, message = obs.pod_problem
+            cond("Running", False, reason, f"training pods cannot start: {message}"[:4000])
         else:
             status["phase"] = "Pending"
             cond("Running", False, PENDING, "waiting for the training pods to be scheduled and started")
@@ -263,6 +268,16 @@ def compute(old_status: dict[str, Any], obs: Observed) -> tuple[dict[str, Any], 
 
 _WARNING_WHEN_TRUE = {"Failed"}
 _WARNING_WHEN_FALSE = {"Accepted", "Evaluated"}
+# Running=False for these reasons needs a person (a missing image, no GPU that fits).
+_WARNING_REASONS = {
+    "Unschedulable",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+}
 
 
 def _finish(
@@ -275,10 +290,18 @@ def _finish(
     for c in conds:
         if before.get(c["type"]) == c["status"] or c["status"] == "Unknown":
             continue
-        if c["status"] == "False" and c["type"] not in _WARNING_WHEN_FALSE and c["type"] not in before:
+        stuck = c["reason"] in _WARNING_REASONS
+        if (
+            c["status"] == "False"
+            and c["type"] not in _WARNING_WHEN_FALSE
+            and c["type"] not in before
+            and not stuck
+        ):
             continue  # a condition that starts out False is not news
-        warning = (c["type"] in _WARNING_WHEN_TRUE and c["status"] == "True") or (
-            c["type"] in _WARNING_WHEN_FALSE and c["status"] == "False"
+        warning = (
+            stuck
+            or (c["type"] in _WARNING_WHEN_TRUE and c["status"] == "True")
+            or (c["type"] in _WARNING_WHEN_FALSE and c["status"] == "False")
         )
         transitions.append(
             Transition(
