@@ -37,7 +37,8 @@ class OperatorProcess:
         self.health_port = _free_port()
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, namespaces: list[str] | None = None) -> None:
+        """Start it, watching the whole cluster or only ``namespaces``."""
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kube.kubeconfig),
@@ -51,7 +52,9 @@ class OperatorProcess:
                 "-m",
                 "loraforge_operator",
                 "--log-format=plain",
+                "--verbose",  # the log is shown when a test fails
                 f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+                *(f"--namespace={ns}" for ns in namespaces or []),
             ],
             env=env,
             stdout=log,

@@ -197,6 +197,10 @@ def test_a_stuck_pod_is_explained_and_warned_about() -> None:
     assert st["phase"] == "Pending" and running["reason"] == "Unschedulable"
     assert running["message"] == "training pods cannot start: 0/3 nodes are available"
     assert any(e.type == "Warning" and e.reason == "Unschedulable" for e in events)
+    # Waiting first, stuck later: the new reason is news even though Running stays False.
+    waiting, _ = status.compute({}, status.Observed(1, job=_job(active=1)))
+    _, later = status.compute(waiting, obs)
+    assert [(e.type, e.reason) for e in later] == [("Warning", "Unschedulable")]
 
 
 def test_pod_problems_are_read_from_the_scheduler_and_the_kubelet() -> None:

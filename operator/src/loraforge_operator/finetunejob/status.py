@@ -286,11 +286,14 @@ def _finish(
     old_conds = old_status.get("conditions") or []
     status["conditions"] = merge_conditions(old_conds, conds)
     before = {c.get("type"): c.get("status") for c in old_conds}
+    reason_before = {c.get("type"): c.get("reason") for c in old_conds}
     transitions = []
     for c in conds:
-        if before.get(c["type"]) == c["status"] or c["status"] == "Unknown":
-            continue
         stuck = c["reason"] in _WARNING_REASONS
+        # News: a new status, or a new reason why pods are stuck.
+        new_stuck_reason = stuck and reason_before.get(c["type"]) != c["reason"]
+        if (before.get(c["type"]) == c["status"] and not new_stuck_reason) or c["status"] == "Unknown":
+            continue
         if (
             c["status"] == "False"
             and c["type"] not in _WARNING_WHEN_FALSE
