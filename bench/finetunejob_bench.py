@@ -34,6 +34,7 @@ sys.path[:0] = [str(REPO / "dev"), str(REPO / "operator" / "src")]
 
 from localcluster import storage  # noqa: E402
 from localcluster.cluster import LocalCluster  # noqa: E402
+from loraforge_operator import metrics  # noqa: E402
 from loraforge_operator.finetunejob import builders  # noqa: E402
 from loraforge_operator.finetunejob.model import FineTuneJobSpec  # noqa: E402
 from loraforge_operator.settings import Settings  # noqa: E402
@@ -171,12 +172,7 @@ async def operator_throughput(ns: str, n: int) -> float:
 
 def _writes(metrics_port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("loraforge_api_writes_total{")
-    )
+        return metrics.sum_samples(r.read().decode(), "loraforge_api_writes_total")
 
 
 def _cpu_seconds(pid: int) -> float:

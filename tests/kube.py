@@ -43,30 +43,33 @@ class Kube:
             raise KubectlError(f"{name} is not on PATH")
         return found
 
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    def _run(
+        self,
+        tool: str,
+        path: Path | None,
+        args: tuple[str, ...],
+        input: str | None,
+        check: bool,
+        timeout: float,
     ) -> subprocess.CompletedProcess:
         proc = subprocess.run(
-            [self._tool(self.kubectl_path, "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            [self._tool(path, tool), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
             capture_output=True,
             text=True,
             timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise KubectlError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+            raise KubectlError(f"{tool} {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
 
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        return self._run("kubectl", self.kubectl_path, args, input, check, timeout)
+
     def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [self._tool(self.helm_path, "helm"), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise KubectlError(f"helm {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
-        return proc
+        return self._run("helm", self.helm_path, args, None, check, timeout)
 
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from localcluster import storage
+from loraforge_operator import metrics
 from tests.kube import Kube, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,12 +91,7 @@ class OperatorProcess:
     def writes(self) -> float:
         """Total write requests the operator has sent (its own metric)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("loraforge_api_writes_total{")
-        )
+            return metrics.sum_samples(r.read().decode(), "loraforge_api_writes_total")
 
 
 @pytest.fixture(scope="session")

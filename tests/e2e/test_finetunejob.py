@@ -47,6 +47,10 @@ def _apply_ftj(kube: Kube, namespace: str, name: str, **patch) -> None:
     )
 
 
+# kwok holds the fake training pod Running this long: "until the test stops it".
+RUN_LONG = {"annotations": {"job-pod-complete.stage.kwok.x-k8s.io/delay": "10m"}}
+
+
 def _ftj(kube: Kube, namespace: str, name: str) -> dict:
     return kube.get("finetunejob", name, "-n", namespace)
 
@@ -202,7 +206,7 @@ def test_suspend_stops_the_pods_and_resume_restarts_them(
         kube,
         namespace,
         "pausable",
-        podMetadata={"annotations": {"job-pod-complete.stage.kwok.x-k8s.io/delay": "10m"}},
+        podMetadata=RUN_LONG,
     )
     _phase(kube, namespace, "pausable", "Running")
     kube.kubectl(
@@ -230,7 +234,7 @@ def test_deleting_a_finetunejob_removes_its_job_and_pods(
         kube,
         namespace,
         "doomed",
-        podMetadata={"annotations": {"job-pod-complete.stage.kwok.x-k8s.io/delay": "10m"}},
+        podMetadata=RUN_LONG,
     )
     _phase(kube, namespace, "doomed", "Running")
     kube.kubectl("delete", "ftj", "doomed", "-n", namespace, "--timeout=60s")
@@ -254,7 +258,7 @@ def test_killed_operator_restarts_without_duplicates_and_converges_with_no_idle_
             kube,
             namespace,
             name,
-            podMetadata={"annotations": {"job-pod-complete.stage.kwok.x-k8s.io/delay": "10m"}},
+            podMetadata=RUN_LONG,
         )
     time.sleep(0.5)
     operator.kill()  # mid-burst

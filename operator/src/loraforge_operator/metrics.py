@@ -25,3 +25,11 @@ FINETUNEJOBS = Gauge(
     "FineTuneJobs the operator knows, by phase.",
     ["phase"],
 )
+
+
+def sum_samples(exposition: str, metric: str) -> float:
+    """The sum of every sample of ``metric`` in a Prometheus text exposition
+    (how tests and the benchmark read the operator's write counter)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines() if line.startswith(metric + "{")
+    )

@@ -86,17 +86,6 @@ def _rv(obj: dict[str, Any] | None) -> str | None:
     return ((obj or {}).get("metadata") or {}).get("resourceVersion")
 
 
-# Container waiting reasons that will not resolve by waiting.
-_STUCK = {
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "CrashLoopBackOff",
-}
-
-
 def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     """Why training pods are not running yet, if a person should know: the
     scheduler's verdict, or an image or config the kubelet cannot use."""
@@ -109,7 +98,7 @@ def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
                 return cond["reason"], cond.get("message") or ""
         for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
             waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in _STUCK:
+            if waiting.get("reason") in status.STUCK_CONTAINER_REASONS:
                 return waiting[
                     "reason"
                 ], f"container {cs.get('name')}: {waiting.get('message') or waiting['reason']}"

@@ -268,16 +268,19 @@ def compute(old_status: dict[str, Any], obs: Observed) -> tuple[dict[str, Any], 
 
 _WARNING_WHEN_TRUE = {"Failed"}
 _WARNING_WHEN_FALSE = {"Accepted", "Evaluated"}
+# Container waiting reasons that will not resolve by waiting.
+STUCK_CONTAINER_REASONS = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "CrashLoopBackOff",
+    }
+)
 # Running=False for these reasons needs a person (a missing image, no GPU that fits).
-_WARNING_REASONS = {
-    "Unschedulable",
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "CrashLoopBackOff",
-}
+_WARNING_REASONS = STUCK_CONTAINER_REASONS | {"Unschedulable"}
 
 
 def _finish(
