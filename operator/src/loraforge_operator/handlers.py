@@ -85,8 +85,6 @@ async def shutdown(**_: Any) -> None:
 # --- indexes -------------------------------------------------------------------
 
 
-# Indexers are coroutines: kopf runs plain functions in a thread pool, which
-# costs more than the work itself.
 def _trimmed(body: kopf.Body) -> dict[str, Any]:
     """The object without what reconciling never reads: managedFields are often
     the largest part of an object written with server-side apply."""
@@ -97,6 +95,8 @@ def _trimmed(body: kopf.Body) -> dict[str, Any]:
     return obj
 
 
+# Indexers are coroutines: kopf runs plain functions in a thread pool, which
+# costs more than the work itself.
 @kopf.index(*FTJ)
 async def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, name): _trimmed(body)}

@@ -67,10 +67,6 @@ class WriteMemo:
     def discard(self, key: Any) -> None:
         self._last.pop(key, None)
 
-    def forget(self, prefix: Callable[[Any], bool]) -> None:
-        for k in [k for k in self._last if prefix(k)]:
-            del self._last[k]
-
 
 @dataclass
 class StatusWrite:
@@ -98,10 +94,9 @@ def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
                 return cond["reason"], cond.get("message") or ""
         for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
             waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in status.STUCK_CONTAINER_REASONS:
-                return waiting[
-                    "reason"
-                ], f"container {cs.get('name')}: {waiting.get('message') or waiting['reason']}"
+            reason = waiting.get("reason")
+            if reason in status.STUCK_CONTAINER_REASONS:
+                return reason, f"container {cs.get('name')}: {waiting.get('message') or reason}"
     return None
 
 
@@ -174,7 +169,12 @@ class Reconciler:
             )
             log.debug("status of %s/%s changes: %s", ns, name, ", ".join(changed))
             updated = await self.kube.patch_status(api.API_VERSION, "FineTuneJob", ns, name, new_status)
-            stale = {_rv(body)} | (previous.stale_versions | {previous.version} if previous else set())
+            stale = {_rv(body)}
+            if previous is not None and _rv(body) != previous.version:
+                # The watch has not shown our last write yet: what it may still show
+                # includes everything before it. Once it has, older versions cannot
+                # come back (a watch is ordered), so the set starts afresh.
+                stale |= previous.stale_versions | {previous.version}
             self.status_writes[(ns, name)] = StatusWrite(new_status, _rv(updated), stale)
             for t in transitions:
                 self.post_event(body, t.type, t.reason, t.message)
@@ -200,17 +200,11 @@ class Reconciler:
 
     def forget(self, key: Key) -> None:
         """Drop what is remembered of a deleted FineTuneJob."""
-        ns, name = key
         self.status_writes.pop(key, None)
-        self.built.pop(key, None)
-        children = {
-            contract.job_name(name),
-            contract.config_map_name(name),
-            contract.progress_map_name(name),
-            contract.trainer_identity(name),
-            contract.rendezvous_service_name(name),
-        }
-        self.memo.forget(lambda k: k[1] == ns and k[2] in children)
+        _, _, desired = self.built.pop(key, (None, None, ""))
+        if not isinstance(desired, str):  # only valid specs had children applied
+            for m in desired:
+                self.memo.discard((m["kind"], m["metadata"]["namespace"], m["metadata"]["name"]))
 
     async def _ensure(self, manifest: dict[str, Any], observed: dict[ChildKey, dict[str, Any]]) -> None:
         """Apply ``manifest`` unless the observed object already has it."""
