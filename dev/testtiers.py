@@ -1,8 +1,8 @@
 """Run loraforge's test tiers and report how long each took.
 
-    python dev/testtiers.py [lint] [unit] [integration] [e2e]
+    python dev/testtiers.py [lint] [unit] [trainer] [integration] [e2e]
 
-(`make test` runs all four; `make test-unit` etc. one each.) The cluster tiers
+(`make test` runs them all; `make test-unit` etc. one each.) The cluster tiers
 share one local cluster: reused if it is running, otherwise started once and
 stopped at the end. Every tier runs even after a failure, so one run shows all
 that is broken; the exit code is non-zero if any tier failed.
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TIERS = ("lint", "unit", "integration", "e2e")
+TIERS = ("lint", "unit", "trainer", "integration", "e2e")
 CLUSTER_TIERS = {"integration", "e2e"}
 PY = sys.executable
 

@@ -19,7 +19,7 @@ from tests.kube import Kube
 # namespaces, and pointing them at a production cluster by accident must not happen.
 EXISTING_CLUSTER_OPT_IN = "LORAFORGE_TEST_USE_EXISTING_CLUSTER"
 
-_MARKER_BY_DIR = {"unit": "unit", "integration": "integration", "e2e": "e2e"}
+_MARKER_BY_DIR = {"unit": "unit", "trainer": "trainer", "integration": "integration", "e2e": "e2e"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -85,6 +85,7 @@ class ProgressReporter:
         loss: float | None = None,
         eval_loss: float | None = None,
         learning_rate: float | None = None,
+        tokens_per_second: float | None = None,
     ) -> bool:
         """Best effort: returns False (and logs) instead of raising."""
         doc = {
@@ -94,6 +95,7 @@ class ProgressReporter:
             "loss": loss,
             "evalLoss": eval_loss,
             "learningRate": learning_rate,
+            "tokensPerSecond": round(tokens_per_second, 1) if tokens_per_second else None,
             "time": _now(),
         }
         try:
