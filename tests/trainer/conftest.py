@@ -50,8 +50,8 @@ def tiny_model_dir(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     tok = AutoTokenizer.from_pretrained(base_model_dir)
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=64,  # bitsandbytes 4-bit on CPU needs in_features to be a multiple of 64
+        intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -276,12 +276,20 @@ def load(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> TrainConfig
     except OSError as e:
         raise InvalidInput(CONFIG_INVALID, f"cannot read the configuration {p}: {e.strerror}") from None
     try:
-        doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        docs = [json.loads(text)] if p.suffix == ".json" else [d for d in yaml.safe_load_all(text) if d]
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise InvalidInput(
             CONFIG_INVALID, f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}"
         ) from None
-    return from_document(doc, overrides)
+    if len(docs) > 1:  # a manifest file with several objects: take its FineTuneJob
+        docs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "FineTuneJob"]
+        if len(docs) != 1:
+            raise InvalidInput(
+                CONFIG_INVALID, f"{p}: holds several documents and not exactly one FineTuneJob"
+            )
+    if not docs:
+        raise InvalidInput(CONFIG_INVALID, f"{p}: empty")
+    return from_document(docs[0], overrides)
 
 
 def check_inputs_exist(cfg: TrainConfig) -> None:

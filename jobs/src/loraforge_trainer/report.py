@@ -28,6 +28,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# The container's terminationMessagePath; LORAFORGE_TERMINATION_LOG moves it (tests, runs outside a pod).
 TERMINATION_LOG = Path("/dev/termination-log")
 FIELD_MANAGER = "loraforge-trainer"
 
@@ -162,8 +163,9 @@ class ProgressReporter:
         raise ReportError(f"gave up after {attempts} attempts: {last}")
 
 
-def write_termination_message(reason: str, message: str, path: Path = TERMINATION_LOG) -> None:
+def write_termination_message(reason: str, message: str, path: Path | None = None) -> None:
     """`<Reason>: <message>` in the container's termination message (at most 4 KiB)."""
+    path = path or Path(os.environ.get("LORAFORGE_TERMINATION_LOG") or TERMINATION_LOG)
     try:
         path.write_text(f"{reason}: {message}"[:4000])
     except OSError as e:  # not in a container, or no termination log

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
+import json
 import logging
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -23,8 +26,12 @@ from typing import Any, Protocol
 
 from . import __version__, data, modeling, publish
 from .config import TrainConfig, check_inputs_exist
+from .errors import CONFIG_INVALID, InvalidInput
 
 log = logging.getLogger("loraforge_trainer")
+
+# Fault injection for crash-safety tests: SIGKILL this process at the end of the given optimizer step.
+FAULT_KILL_AT_STEP = "LORAFORGE_FAULT_KILL_AT_STEP"
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 
@@ -55,6 +62,45 @@ class Dist:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+RUN_STATE = "run.json"
+
+
+def claim_run_dir(folder: Path, fingerprint: str) -> None:
+    """Make `folder` the run directory of this run. Checkpoints of an
+    unfinished run with the same fingerprint are resumed; those of a finished
+    run (its adapter published) are cleared; an unfinished run with other
+    settings is never resumed into, nor deleted."""
+    import shutil
+
+    state_file = folder / RUN_STATE
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        state = None
+    if state and state.get("published"):
+        for p in folder.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    elif state and state.get("fingerprint") != fingerprint:
+        raise InvalidInput(
+            CONFIG_INVALID,
+            f"{folder} holds the checkpoints of an unfinished run with other settings, base model or data; "
+            "resume it with the same configuration, or choose another checkpoint folder (--checkpoint-dir)",
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps({"fingerprint": fingerprint, "published": None}) + "\n")
+
+
+def finish_run_dir(folder: Path, revision: str) -> None:
+    """The adapter is published: its checkpoints are no longer needed (TensorBoard logs stay)."""
+    import shutil
+
+    for p in folder.glob("checkpoint-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    state_file = folder / RUN_STATE
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "published": revision}) + "\n")
 
 
 def newest_checkpoint(folder: Path) -> Path | None:
@@ -211,6 +257,9 @@ def _callbacks(
             self.eval_loss: float | None = None
 
         def on_step_end(self, args, state, control, model=None, **kw):
+            if os.environ.get(FAULT_KILL_AT_STEP) == str(state.global_step):
+                log.warning("%s=%d: killing this process", FAULT_KILL_AT_STEP, state.global_step)
+                os.kill(os.getpid(), signal.SIGKILL)
             if eval_rows and state.global_step % every == 0 and state.global_step < state.max_steps:
                 began = time.monotonic()
                 self.eval_loss = evaluate(model, eval_rows, batch_size, collator.pad_id, dist)
@@ -375,6 +424,10 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
     t = cfg.training
     prec = modeling.precision(cfg)
     checkpoints = cfg.checkpoint_dir()
+    identity = modeling.identity(cfg, where)
+    fingerprint = hashlib.sha256(
+        json.dumps([cfg.for_manifest(), summary, identity, dist.world], sort_keys=True).encode()
+    ).hexdigest()
     args = TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=t.batch_size,
@@ -402,6 +455,10 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
         report_to="none",
         disable_tqdm=not sys.stderr.isatty(),
     )
+    # TrainingArguments set up the process group: the other ranks wait until the folder is claimed.
+    if dist.main:
+        claim_run_dir(checkpoints, fingerprint)
+    _barrier()
     model = modeling.load_model(cfg, where, dist.local_rank)
     if dist.main:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -447,6 +504,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
         tb.close()
 
     metrics: dict[str, float] = {"trainLoss": float(output.training_loss)}
+    if seconds > 0 and collator.tokens:  # since this process started (a resumed run counts from the resume)
+        metrics["tokensPerSecond"] = round(collator.tokens * dist.world / seconds, 1)
     if eval_loss is not None and base_loss is not None:
         metrics.update(
             evalLoss=eval_loss,
@@ -468,7 +527,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
     )
     history = state.log_history
     manifest = {
-        "baseModel": modeling.identity(cfg, where),
+        "baseModel": identity,
         "dataset": summary,
         "settings": cfg.for_manifest(),
         "metrics": metrics,
@@ -519,6 +578,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
         published.path,
         published.digest,
     )
+    finish_run_dir(checkpoints, published.revision)
     _report(cfg, reporter, published)
     _barrier()
     return published

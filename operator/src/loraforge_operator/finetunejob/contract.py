@@ -25,7 +25,7 @@ DATASET_MOUNT = "/data"
 # Keys of the progress ConfigMap, each a JSON document written by the trainer.
 PROGRESS_KEY = "progress.json"
 # {"step": 120, "totalSteps": 500, "epoch": 0.7, "loss": 1.42, "evalLoss": 1.51,
-#  "learningRate": 0.00018, "time": "2026-11-22T10:00:00Z"}
+#  "learningRate": 0.00018, "tokensPerSecond": 2150.0, "time": "2026-11-22T10:00:00Z"}
 RESULT_KEY = "result.json"
 # {"adapter": {"name": "...", "revision": "...", "path": "adapters/<ns>/<name>/<rev>",
 #              "digest": "sha256:..."},

