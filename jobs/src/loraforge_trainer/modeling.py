@@ -138,6 +138,8 @@ def load_model(cfg: TrainConfig, where: Path, local_rank: int) -> Any:
             BASE_MODEL_INVALID, f"{_describe_model(cfg)}: cannot load the weights: {e}"
         ) from None
     model.config.use_cache = False  # no KV cache while training
+    if cfg.method == "qlora" and not cuda:
+        _keep_cpu_4bit_layout(model)
     if cfg.method == "qlora":
         model = prepare_model_for_kbit_training(
             model,
@@ -157,6 +159,19 @@ def load_model(cfg: TrainConfig, where: Path, local_rank: int) -> Any:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def _keep_cpu_4bit_layout(model: Any) -> None:
+    """bitsandbytes (0.50) repacks a 4-bit layer's weights into a CPU inference
+    layout the first time the layer runs in eval mode, and training through the
+    repacked weights no longer learns (seen here: held-out loss flat after an
+    evaluation). Evaluation runs between training steps, so keep the training
+    layout."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def identity(cfg: TrainConfig, where: Path) -> dict[str, Any]:
