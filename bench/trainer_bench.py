@@ -13,9 +13,10 @@ validation.jsonl).
 - baseline: a plain transformers Trainer + peft script: 4 records per step,
   each batch padded to its longest record (DataCollatorForSeq2Seq), the
   model's own loss over full logits;
-- loraforge: the real `loraforge-train` process: packing into 256-token rows,
-  one row per step (about the same tokens per step as the baseline), loss and
-  logits only on trained tokens.
+- loraforge: the real `loraforge-train` process: packing into 160-token rows
+  (the chat template's system prompt computed once per row), one row per step.
+  A row holds about 4 records, as the baseline's batch does, so the same steps
+  see about the same tokens; loss and logits only on trained tokens.
 
 Each side runs in its own process, alternating, `--rounds` times; the report
 gives tokens/s (real tokens, not padding), peak RSS, held-out loss, and the
@@ -166,7 +167,7 @@ def run_loraforge(model: Path, steps: int, work: Path) -> dict:
             "maxSteps": steps,
             "batchSize": 1,
             "gradientAccumulationSteps": 1,
-            "maxSeqLength": 256,
+            "maxSeqLength": 160,
             "packing": True,
             "gradientCheckpointing": False,
             "loggingSteps": 1000,

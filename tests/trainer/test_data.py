@@ -170,5 +170,79 @@ def test_packing_keeps_examples_apart(tok) -> None:
         for s in starts:  # nothing is learned across a boundary
             assert r["labels"][s] == data.IGNORE
     batch = data.Collator(tok.pad_token_id)(rows)
-    assert "attention_mask" not in batch and batch["position_ids"].shape == batch["input_ids"].shape
+    assert batch["position_ids"].shape == batch["input_ids"].shape
     assert batch["lengths"].tolist() == [len(r["input_ids"]) for r in rows]
+    mask = batch["attention_mask"]  # (rows, 1, width, width): causal, within one example
+    width = batch["input_ids"].shape[1]
+    assert mask.shape == (len(rows), 1, width, width)
+    first = rows[0]["segments"]
+    for q in range(len(first)):
+        for k in range(len(first)):
+            assert bool(mask[0, 0, q, k]) == (k <= q and first[k] == first[q])
+
+
+def test_a_packed_row_computes_exactly_what_each_example_would_alone(tok, tiny_model_dir: Path) -> None:
+    """Loss and LoRA gradients of packed rows (plain, and with the shared
+    prefix computed once) equal those of the examples one by one."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from loraforge_trainer import training
+
+    facts = Path(__file__).resolve().parents[2] / "examples" / "datasets" / "fictional-facts" / "train.jsonl"
+    records = data.read_jsonl(facts, "train.jsonl", "chat").records[:12]
+    examples, _ = data.Encoder(tok, "chat", 512).encode_all(records, "training")
+    prefix = data.shared_prefix_length(examples)
+    assert tok.decode(examples[0].input_ids[:prefix]).endswith(
+        "<|im_start|>user\n"
+    )  # the template's system turn
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    collate = data.Collator(tok.pad_token_id)
+
+    def run(rows: list, per_row: bool = True) -> tuple[float, int, dict]:
+        model.zero_grad()
+        total, count = 0.0, 0
+        for i in range(0, len(rows), 3):
+            loss, n = training.label_loss(model, collate(rows[i : i + 3]), per_row=per_row)
+            loss.backward()
+            total, count = total + float(loss), count + n
+        return total, count, {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+    alone = run(data.unpacked(examples))
+    shared_rows = data.pack(examples, 200, prefix)
+    assert (
+        len(shared_rows) < len(examples)
+        and shared_rows[0]["input_ids"][:prefix] == examples[0].input_ids[:prefix]
+    )
+    assert sum(r["tokens"][0] for r in shared_rows) == sum(len(e.input_ids) for e in examples)
+    for rows, per_row in ((data.pack(examples, 200), True), (shared_rows, True), (shared_rows, False)):
+        total, count, grads = run(rows, per_row)
+        assert count == alone[1]
+        assert total == pytest.approx(alone[0], rel=1e-5)
+        for k, g in alone[2].items():
+            torch.testing.assert_close(grads[k], g, rtol=1e-4, atol=1e-5)
+
+
+def test_no_prefix_is_shared_when_a_trained_token_would_follow_it(tok) -> None:
+    enc = data.Encoder(tok, "completion", 64)
+    same_prompt = [
+        enc.encode(data.Record(f"x:{i}", {"prompt": "Q: same question? A:", "completion": f" {w}"}))
+        for i, w in enumerate(["yes", "no", "maybe"])
+    ]
+    p = data.shared_prefix_length([e for e in same_prompt if e])
+    assert p >= 4
+    # the prompt is shared, but the token after it is trained in every record: the shared part stops before
+    for e in same_prompt:
+        assert e is not None and all(label == data.IGNORE for label in e.labels[: p + 1])

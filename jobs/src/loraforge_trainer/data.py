@@ -268,22 +268,64 @@ class Encoder:
 # --- batching --------------------------------------------------------------------
 
 
-def pack(examples: Sequence[Example], max_len: int) -> list[dict[str, list[int]]]:
+def shared_prefix_length(examples: Sequence[Example], minimum: int = 4) -> int:
+    """Tokens every example starts with and learns nothing from (a chat
+    template's system prompt, a fixed instruction), safe to compute once per
+    packed row: no label inside it, and the token after it untrained in every
+    example (its logits, at the prefix's last position, are shared). 0 when
+    shorter than `minimum`."""
+    if len(examples) < 2:
+        return 0
+    first = examples[0].input_ids
+    p = min(len(e.input_ids) for e in examples) - 1
+    for e in examples[1:]:
+        ids = e.input_ids
+        n = 0
+        while n < p and ids[n] == first[n]:
+            n += 1
+        p = n
+    while p > 0 and any(any(x != IGNORE for x in e.labels[: p + 1]) for e in examples):
+        p -= 1
+    return p if p >= minimum else 0
+
+
+def pack(examples: Sequence[Example], max_len: int, prefix: int = 0) -> list[dict[str, list[int]]]:
     """Concatenate examples (in the given order) into rows of at most max_len
-    tokens. position_ids restart at each example, which transformers turns into
-    a block-diagonal causal mask, so examples never attend to each other. The
-    first label of each example is ignored: it would be predicted from the
-    previous example's last token."""
+    tokens in which each example computes exactly what it would alone.
+
+    Each token carries a segment number (0: the shared prefix, 1, 2, ...: the
+    examples) from which the collator builds an explicit 4D causal mask: an
+    example attends to the prefix and to itself, never to its neighbours, and
+    its position ids continue from the prefix (from 0 without one). With a
+    shared prefix (see shared_prefix_length) the row holds it once, and every
+    example in the row uses it. The first label of each example is ignored
+    (nothing before it in the row predicts it). ``tokens`` is how many tokens
+    of the records a row stands for."""
     rows: list[dict[str, list[int]]] = []
-    row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    head = list(examples[0].input_ids[:prefix]) if prefix and examples else []
+
+    def new_row() -> dict[str, list[int]]:
+        return {
+            "input_ids": list(head),
+            "labels": [IGNORE] * len(head),
+            "position_ids": list(range(len(head))),
+            "segments": [0] * len(head),
+            "tokens": [0],
+        }
+
+    row = new_row()
     for ex in examples:
-        if row["input_ids"] and len(row["input_ids"]) + len(ex.input_ids) > max_len:
+        rest_ids, rest_labels = ex.input_ids[prefix:], ex.labels[prefix:]
+        if len(row["input_ids"]) > len(head) and len(row["input_ids"]) + len(rest_ids) > max_len:
             rows.append(row)
-            row = {"input_ids": [], "labels": [], "position_ids": []}
-        row["input_ids"] += ex.input_ids
-        row["labels"] += [IGNORE, *ex.labels[1:]]
-        row["position_ids"] += list(range(len(ex.input_ids)))
-    if row["input_ids"]:
+            row = new_row()
+        row["input_ids"] += rest_ids
+        row["labels"] += [IGNORE, *rest_labels[1:]]
+        row["position_ids"] += list(range(prefix, prefix + len(rest_ids)))
+        row["tokens"][0] += len(ex.input_ids)
+        segment = row["segments"][-1] + 1 if len(row["segments"]) > len(head) else 1
+        row["segments"] += [segment] * len(rest_ids)
+    if len(row["input_ids"]) > len(head):
         rows.append(row)
     return rows
 
@@ -293,10 +335,10 @@ def unpacked(examples: Sequence[Example]) -> list[dict[str, list[int]]]:
 
 
 class Collator:
-    """Pads a batch on the right to its longest row. Packed rows carry
-    position_ids (and no attention mask); plain rows an attention mask; every
-    batch the real length of each row. Counts
-    the real (non-padding) tokens it hands out, for tokens/s."""
+    """Pads a batch on the right to its longest row and says each row's real
+    length (``lengths``). Plain rows get a 2D attention mask; packed rows
+    position_ids, and, with a shared prefix, a 4D boolean mask (True: may
+    attend). Counts the record tokens it hands out (``tokens``), for tokens/s."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -309,9 +351,9 @@ class Collator:
         packed = "position_ids" in rows[0]
         ids, labels, extra, lengths = [], [], [], []
         for r in rows:
-            lengths.append(len(r["input_ids"]))
             n = len(r["input_ids"])
-            self.tokens += n
+            lengths.append(n)
+            self.tokens += r["tokens"][0] if "tokens" in r else n
             ids.append(r["input_ids"] + [self.pad_id] * (width - n))
             labels.append(r["labels"] + [IGNORE] * (width - n))
             extra.append(
@@ -323,4 +365,11 @@ class Collator:
             "lengths": torch.tensor(lengths),
         }
         batch["position_ids" if packed else "attention_mask"] = torch.tensor(extra)
+        if "segments" in rows[0]:
+            seg = torch.tensor([r["segments"] + [-1] * (width - len(r["segments"])) for r in rows])
+            q, k = seg[:, :, None], seg[:, None, :]
+            causal = torch.ones(width, width, dtype=torch.bool).tril()
+            allowed = ((k == 0) | (k == q)) & (k >= 0) & causal
+            allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no empty rows
+            batch["attention_mask"] = allowed[:, None]
         return batch

@@ -242,7 +242,20 @@ def model_card(revision: str, m: dict[str, Any]) -> str:
     base_name = base.get("path") or f"{base.get('huggingFaceId')}@{base.get('revision')}"
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()))
     gate = m.get("evaluation") or {}
-    verdict = "passed" if gate.get("passed") else "did not pass"
+    conditions = ", ".join(f"{k} {v}" for k, v in (gate.get("gate") or {}).items())
+    if conditions:
+        verdict = f"The evaluation gate ({conditions}) {'passed' if gate.get('passed') else 'did not pass'}: "
+        verdict += f"{gate.get('explanation')}."
+    else:
+        verdict = "No evaluation gate was set; the metrics are recorded only."
+    method = {"lora": "LoRA", "qlora": "QLoRA"}.get(spec.get("method", "lora"), spec.get("method"))
+    quant = spec.get("quantization") or {}
+    quant_row = (
+        f"| base model quantization | 4-bit {quant.get('type')}, "
+        f"double quantization {quant.get('doubleQuant')}, compute {quant.get('computeDtype')} |\n"
+        if quant
+        else ""
+    )
     origin = (
         f"FineTuneJob `{src['namespace']}/{src['fineTuneJob']}` (uid `{src.get('uid')}`)"
         if src.get("fineTuneJob") and src.get("namespace")
@@ -252,7 +265,7 @@ def model_card(revision: str, m: dict[str, Any]) -> str:
     batch = f"{t.get('batchSize')} x {t.get('gradientAccumulationSteps')} x {m.get('worldSize', 1)}"
     return f"""# {m["adapter"]} {revision}
 
-A {spec.get("method", "lora").upper()} adapter for `{base_name}` ({arch}),
+A {method} adapter for `{base_name}` ({arch}),
 trained by loraforge from {origin}.
 
 - Weights: `adapter_model.safetensors` ({m["digest"]}), with `adapter_config.json`.
@@ -276,8 +289,8 @@ was not evaluated for anything else; treat answers outside that domain like the 
 
 | setting | value |
 | --- | --- |
-| method | {spec.get("method")} |
-| LoRA rank / alpha / dropout | {lora.get("r")} / {lora.get("alpha")} / {lora.get("dropout")} |
+| method | {method} |
+{quant_row}| LoRA rank / alpha / dropout | {lora.get("r")} / {lora.get("alpha")} / {lora.get("dropout")} |
 | target modules | {", ".join(lora.get("targetModules", []))} |
 | learning rate, schedule | {t.get("learningRate")}, {t.get("lrScheduler")} |
 | batch size x accumulation x processes | {batch} |
@@ -294,7 +307,7 @@ On the held-out records (loss per trained token; perplexity = exp(loss)):
 | --- | --- |
 {rows}
 
-The evaluation gate ({json.dumps(spec.get("evaluation") or {})}) {verdict}.
+{verdict}
 
 ![loss curve](loss.svg)
 

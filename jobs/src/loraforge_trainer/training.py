@@ -142,13 +142,15 @@ def label_loss(model: Any, batch: dict[str, Any], per_row: bool) -> tuple[Any, i
             kwargs = {"input_ids": ids[i : i + 1, :n]}
             if "position_ids" in batch:
                 kwargs["position_ids"] = batch["position_ids"][i : i + 1, :n]
-            logits = model(**kwargs, logits_to_keep=keep).logits[0].float()
+            if "attention_mask" in batch and batch["attention_mask"].dim() == 4:  # a shared prefix
+                kwargs["attention_mask"] = batch["attention_mask"][i : i + 1, :, :n, :n]
+            logits = model(**kwargs, logits_to_keep=keep, use_cache=False).logits[0].float()
             total = total + F.cross_entropy(logits, t[keep], reduction="sum")
             count += keep.numel()
         return total, count
     keep = (target != data.IGNORE).any(0).nonzero().squeeze(-1)
-    extra = "position_ids" if "position_ids" in batch else "attention_mask"
-    logits = model(input_ids=ids, **{extra: batch[extra]}, logits_to_keep=keep).logits.float()
+    extra = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
+    logits = model(input_ids=ids, **extra, logits_to_keep=keep, use_cache=False).logits.float()
     t = target[:, keep]
     loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), t.reshape(-1), ignore_index=data.IGNORE, reduction="sum"
@@ -363,10 +365,16 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
             cfg.training.max_seq_length,
             (dropped or val_dropped)[0],
         )
+    prefix = 0
     if cfg.training.packing:
         order = list(train_ex)
         random.Random(cfg.training.seed).shuffle(order)
-        rows = data.pack(order, cfg.training.max_seq_length)
+        prefix = data.shared_prefix_length(order)
+        if prefix:
+            log.info(
+                "every record starts with the same %d untrained tokens: computed once per packed row", prefix
+            )
+        rows = data.pack(order, cfg.training.max_seq_length, prefix)
     else:
         rows = data.unpacked(train_ex)
     return {
@@ -384,6 +392,7 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
             "truncatedAway": len(dropped) + len(val_dropped),
             "trainTokens": sum(len(e.input_ids) for e in train_ex),
             "trainedTokens": sum(e.trained_tokens for e in train_ex),
+            "sharedPrefixTokens": prefix,
         },
     }
 
@@ -448,8 +457,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if dist.world > 1 and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=False,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         remove_unused_columns=False,
         dataloader_num_workers=0,
         report_to="none",
