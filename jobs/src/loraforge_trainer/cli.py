@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from . import config as config_mod
-from .errors import EXIT_FAILED, TRAINER_FAILED, TrainerError
+from .errors import CONFIG_INVALID, EXIT_FAILED, TRAINER_FAILED, InvalidInput, TrainerError
 from .report import ProgressReporter, write_termination_message
 
 log = logging.getLogger("loraforge_trainer")
@@ -94,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _configure(ns: argparse.Namespace) -> config_mod.TrainConfig:
     if not ns.config:
-        raise TrainerError("ConfigInvalid", "no configuration: pass --config FILE")
+        raise InvalidInput(CONFIG_INVALID, "no configuration: pass --config FILE (or set LORAFORGE_CONFIG)")
     overrides = [config_mod.parse_override(o) for o in ns.overrides]
     for flag, key in (
         (ns.model_store, "run.modelStore"),

@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from .errors import CONFIG_INVALID, InvalidInput
+from .errors import BASE_MODEL_INVALID, CONFIG_INVALID, DATASET_INVALID, InvalidInput
 
 
 class _Model(BaseModel):
@@ -294,8 +294,6 @@ def load(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> TrainConfig
 
 def check_inputs_exist(cfg: TrainConfig) -> None:
     """The files the run needs, before anything heavy loads."""
-    from .errors import BASE_MODEL_INVALID, DATASET_INVALID
-
     if cfg.base_model.path is not None:
         model_dir = cfg.store_path(cfg.base_model.path)
         if not model_dir.is_dir():

@@ -233,9 +233,9 @@ class Encoder:
     def encode(self, record: Record) -> Example | None:
         """None when truncation to max_len leaves no token to learn from."""
         text, spans = self.text_and_spans(record.fields)
-        enc = self.tok(
-            text, add_special_tokens=self.fmt in ("completion", "text"), return_offsets_mapping=True
-        )
+        # A chat template writes its own special tokens; plain text gets the tokenizer's (e.g. BOS).
+        templated = self.fmt == "chat" or (self.fmt == "instruction" and self.has_template)
+        enc = self.tok(text, add_special_tokens=not templated, return_offsets_mapping=True)
         ids = list(enc["input_ids"])[: self.max_len]
         labels = []
         for tid, (s, e) in zip(ids, enc["offset_mapping"], strict=False):

@@ -3,6 +3,8 @@ with a LoRA adapter."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -177,8 +179,6 @@ def _keep_cpu_4bit_layout(model: Any) -> None:
 def identity(cfg: TrainConfig, where: Path) -> dict[str, Any]:
     """What the adapter was trained on, recorded in its manifest: a serving
     runtime must load the same base model."""
-    import json
-
     out: dict[str, Any] = {}
     if cfg.base_model.path:
         out["path"] = cfg.base_model.path
@@ -196,8 +196,6 @@ def identity(cfg: TrainConfig, where: Path) -> dict[str, Any]:
 
 
 def _file_digest(path: Path) -> str | None:
-    import hashlib
-
     try:
         return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
