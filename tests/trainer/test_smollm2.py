@@ -79,3 +79,36 @@ def test_the_adapter_loads_with_peft_and_changes_the_answers(
     after = answers(tuned)
     changed = sum(b != a for b, a in zip(before, after, strict=True))
     assert changed >= len(records) // 2 + 1, (before, after)
+
+
+def test_killed_at_a_step_and_resumed_ends_with_the_same_weights(
+    base_model_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    cfg = {
+        **SETTINGS,
+        "dataset": {"path": "datasets/facts/train.jsonl", "validationSplit": 0.05},
+        "training": {
+            **SETTINGS["training"],
+            "epochs": None,
+            "maxSteps": 6,
+            "batchSize": 1,
+            "maxSeqLength": 160,
+        },
+        "checkpoints": {"everySteps": 2, "keep": 2},
+        "evaluation": {},
+    }
+    cfg["training"] = {k: v for k, v in cfg["training"].items() if v is not None}
+    straight = run_trainer(tmp_path / "straight", base_model_dir, cfg)
+    assert straight.code == 0, straight.output
+    killed = run_trainer(tmp_path / "killed", base_model_dir, cfg, env={"LORAFORGE_FAULT_KILL_AT_STEP": "5"})
+    assert killed.code == -9 and killed.revisions() == [], killed.output
+    resumed = run_trainer(tmp_path / "killed", base_model_dir, cfg)
+    assert resumed.code == 0 and "resuming from checkpoint-4" in resumed.output, resumed.output
+    a = load_file(straight.adapter_dir() / "v1" / "adapter_model.safetensors")
+    b = load_file(resumed.adapter_dir() / "v1" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
