@@ -224,8 +224,8 @@ def loss_svg(train: Sequence[tuple[int, float]], evals: Sequence[tuple[int, floa
         + f'<text x="{w / 2}" y="{h - 6}" text-anchor="middle">optimizer step</text>'
         + line(train, "#1f77b4")
         + line(evals, "#d62728")
-        + f'<text x="{w - right - 150}" y="22" fill="#1f77b4">— training loss</text>'
-        + f'<text x="{w - right - 60}" y="22" fill="#d62728">— eval loss</text>'
+        + (f'<text x="{w - right - 150}" y="22" fill="#1f77b4">— training loss</text>' if train else "")
+        + (f'<text x="{w - right - 60}" y="22" fill="#d62728">— eval loss</text>' if evals else "")
         + "</svg>\n"
     )
 

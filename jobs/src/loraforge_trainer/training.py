@@ -447,6 +447,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
         num_train_epochs=t.epochs or 1,
         max_steps=t.max_steps or -1,
         logging_steps=t.logging_steps,
+        logging_first_step=True,  # progress shows at once, and a short run's loss curve has a start
         save_strategy="steps",
         save_steps=cfg.checkpoints.every_steps,
         save_total_limit=cfg.checkpoints.keep,
