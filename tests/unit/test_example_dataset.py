@@ -1,0 +1,36 @@
+"""The fictional-facts example dataset is what its generator writes, and its
+held-out questions are phrasings never used in training."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+FACTS = Path(__file__).resolve().parents[2] / "examples" / "datasets" / "fictional-facts"
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("generate_facts", FACTS / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_files_match_the_generator() -> None:
+    gen = load_generator()
+    train, held_out = gen.build()
+    assert (FACTS / "train.jsonl").read_text() == gen.render(train)
+    assert (FACTS / "validation.jsonl").read_text() == gen.render(held_out)
+
+
+def test_every_held_out_question_is_new_but_its_answer_was_taught() -> None:
+    def pairs(name: str) -> list[tuple[str, str]]:
+        rows = [json.loads(line) for line in (FACTS / name).read_text().splitlines()]
+        return [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in rows]
+
+    train, held_out = pairs("train.jsonl"), pairs("validation.jsonl")
+    questions = {q for q, _ in train}
+    answers = {a for _, a in train}
+    assert len(held_out) == 72 and len(train) == 216
+    assert all(q not in questions and a in answers for q, a in held_out)
