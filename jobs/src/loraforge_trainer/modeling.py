@@ -3,7 +3,7 @@ with a LoRA adapter."""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import TrainConfig
 from .errors import BASE_MODEL_INVALID, TARGET_MODULES_NOT_FOUND, InvalidInput
+from .publish import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +192,6 @@ def identity(cfg: TrainConfig, where: Path) -> dict[str, Any]:
         config = {}
     out["architecture"] = (config.get("architectures") or [None])[0]
     out["modelType"] = config.get("model_type")
-    out["configDigest"] = _file_digest(where / "config.json")
+    with contextlib.suppress(OSError):
+        out["configDigest"] = sha256_file(where / "config.json")
     return {k: v for k, v in out.items() if v is not None}
-
-
-def _file_digest(path: Path) -> str | None:
-    try:
-        return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None

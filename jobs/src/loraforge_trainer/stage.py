@@ -17,7 +17,6 @@ nothing.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import logging
@@ -25,6 +24,8 @@ import os
 import shutil
 import sys
 from pathlib import Path
+
+from .publish import sha256_file
 
 log = logging.getLogger("loraforge_trainer.stage")
 STAMP = ".loraforge-staged.json"
@@ -42,14 +43,6 @@ def gguf_in_package(package: str) -> Path:
     return files[0]
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
 def is_staged(dest: Path, gguf: Path | None = None) -> bool:
     try:
         stamp = json.loads((dest / STAMP).read_text())
@@ -61,7 +54,8 @@ def is_staged(dest: Path, gguf: Path | None = None) -> bool:
 
 
 def stage(gguf: Path, dest: Path, dtype: str = "bfloat16") -> Path:
-    if is_staged(dest, gguf) and _digest(gguf) == json.loads((dest / STAMP).read_text()).get("ggufDigest"):
+    staged = is_staged(dest, gguf) and json.loads((dest / STAMP).read_text()).get("ggufDigest")
+    if staged and staged == sha256_file(gguf):
         log.info("%s already holds %s", dest, gguf.name)
         return dest
     import torch
@@ -84,7 +78,7 @@ def stage(gguf: Path, dest: Path, dtype: str = "bfloat16") -> Path:
                 {
                     "ggufName": gguf.name,
                     "ggufSize": gguf.stat().st_size,
-                    "ggufDigest": _digest(gguf),
+                    "ggufDigest": sha256_file(gguf),
                     "dtype": dtype,
                 },
                 indent=2,

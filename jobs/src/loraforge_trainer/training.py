@@ -212,6 +212,11 @@ def _trainer_class() -> Any:
     return LabelTokenTrainer
 
 
+def improvement(base_loss: float, eval_loss: float) -> float:
+    """How much lower the adapter's held-out loss is than the base model's, as a fraction."""
+    return (base_loss - eval_loss) / base_loss if base_loss > 0 else 0.0
+
+
 def gate(cfg: TrainConfig, eval_loss: float | None, base_loss: float | None) -> tuple[bool, str]:
     g = cfg.evaluation
     if not g.is_set:
@@ -222,10 +227,10 @@ def gate(cfg: TrainConfig, eval_loss: float | None, base_loss: float | None) -> 
     if g.max_eval_loss is not None and eval_loss > g.max_eval_loss:
         why.append(f"evalLoss {eval_loss:.4f} > maxEvalLoss {g.max_eval_loss}")
     if g.min_improvement is not None:
-        improvement = (base_loss - eval_loss) / base_loss if base_loss > 0 else 0.0
-        if improvement < g.min_improvement:
+        better = improvement(base_loss, eval_loss)
+        if better < g.min_improvement:
             why.append(
-                f"improvement {improvement:.1%} over the base model < minImprovement {g.min_improvement:.1%}"
+                f"improvement {better:.1%} over the base model < minImprovement {g.min_improvement:.1%}"
             )
     return (not why), ("; ".join(why) or "every condition of the gate holds")
 
@@ -522,7 +527,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
             baseEvalLoss=base_loss,
             perplexity=math.exp(min(eval_loss, 50)),
             basePerplexity=math.exp(min(base_loss, 50)),
-            improvement=(base_loss - eval_loss) / base_loss if base_loss > 0 else 0.0,
+            improvement=improvement(base_loss, eval_loss),
         )
     passed, explanation = gate(cfg, eval_loss, base_loss)
     if not dist.main:
