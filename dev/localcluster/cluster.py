@@ -22,12 +22,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import pki
 from .build import ensure_built
-from .paths import MANIFESTS_DIR, state_dir
+from .paths import MANIFESTS_DIR, PACKAGE_DIR, state_dir
 
 LOOPBACK = "127.0.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -37,8 +37,9 @@ POD_CIDR = "127.64.0.0/16"
 CLUSTER_NAME = "loraforge-local"
 NODE_LEASE_SECONDS = 40
 
-# Start order; `down` stops in reverse.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Start order; `down` stops in reverse. The local node agent (dev/localnode)
+# runs the pods bound to node `local` as processes; kwok fakes the rest.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "localnode")
 
 
 class ClusterError(RuntimeError):
@@ -57,6 +58,7 @@ class Ports:
     controller_manager: int
     scheduler: int
     kwok: int
+    localnode: int
 
     @classmethod
     def pick_free(cls) -> Ports:
@@ -64,7 +66,7 @@ class Ports:
         # release; the components bind them a moment later.
         socks = []
         try:
-            for _ in range(6):
+            for _ in range(len(fields(cls))):
                 s = socket.socket()
                 s.bind((LOOPBACK, 0))
                 socks.append(s)
@@ -202,6 +204,8 @@ class LocalCluster:
                 code, body = self._get(ports.controller_manager, "/healthz", insecure)
             elif name == "kube-scheduler":
                 code, body = self._get(ports.scheduler, "/healthz", insecure)
+            elif name == "localnode":
+                code, body = self._get(ports.localnode, "/healthz", None)
             else:
                 code, body = self._get(ports.kwok, "/healthz", None)
         except (OSError, ssl.SSLError) as e:
@@ -311,6 +315,15 @@ class LocalCluster:
                 f"--node-ip={LOOPBACK}",
                 f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
             ]
+        if name == "localnode":
+            return [
+                sys.executable,
+                "-m",
+                "localnode",
+                f"--kubeconfig={self.kubeconfig}",
+                f"--state-dir={self.dir / 'localnode'}",
+                f"--healthz-port={ports.localnode}",
+            ]
         raise ValueError(name)
 
     # --- lifecycle ----------------------------------------------------------
@@ -321,6 +334,8 @@ class LocalCluster:
         env.pop("KUBECONFIG", None)  # every component gets its own explicitly
         # Never route loopback traffic through a proxy from the environment.
         env["NO_PROXY"] = env["no_proxy"] = f"{LOOPBACK},localhost"
+        if name == "localnode":
+            env["PYTHONPATH"] = str(PACKAGE_DIR.parent)
         # Each start writes a fresh log; `down` keeps the last one for post-mortems.
         with open(self.log_dir / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
@@ -476,7 +491,8 @@ class LocalCluster:
                 continue
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
+            # The local node agent first stops its pods' processes (with their own grace).
+            deadline = time.monotonic() + (grace + 20 if rec.name == "localnode" else grace)
             while time.monotonic() < deadline and is_alive(rec):
                 time.sleep(0.05)
             if is_alive(rec):

@@ -1,7 +1,8 @@
 """Storage for workloads on the local cluster's fake nodes.
 
 There is no provisioner: a FineTuneJob's model store claim is bound to a
-statically created PersistentVolume. On kwok nodes nothing mounts it.
+statically created hostPath PersistentVolume. On kwok nodes nothing mounts it;
+the local node (dev/localnode) mounts the host directory into its pods.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from typing import Any
 
 
 def model_store(
-    namespace: str, claim: str = "loraforge-model-store", size: str = "10Gi"
+    namespace: str, claim: str = "loraforge-model-store", size: str = "10Gi", host_path: str | None = None
 ) -> list[dict[str, Any]]:
-    """A PersistentVolume pre-bound to ``claim`` in ``namespace``, and the claim."""
+    """A PersistentVolume pre-bound to ``claim`` in ``namespace``, and the claim.
+
+    ``host_path`` is the directory behind it: the local node mounts it into its
+    pods. Without one the PersistentVolume names a path that does not exist
+    (fine for kwok's fake nodes, which mount nothing)."""
     pv = f"{namespace}-{claim}"
     return [
         {
@@ -23,7 +28,7 @@ def model_store(
                 "capacity": {"storage": size},
                 "accessModes": ["ReadWriteMany"],
                 "persistentVolumeReclaimPolicy": "Retain",
-                "hostPath": {"path": f"/nonexistent/loraforge/{pv}"},
+                "hostPath": {"path": host_path or f"/nonexistent/loraforge/{pv}"},
                 "claimRef": {"namespace": namespace, "name": claim},
             },
         },

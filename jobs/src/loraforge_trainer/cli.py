@@ -139,7 +139,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from .training import run
 
-        run(cfg, reporter)
+        published = run(cfg, reporter)
+        if published.revision and rank == 0:
+            evaluation = published.manifest.get("evaluation") or {}
+            verdict = "passed" if evaluation.get("passed") else "FAILED"
+            write_termination_message(
+                "Published",
+                f"{published.name} {published.revision} ({published.digest}); evaluation {verdict}: "
+                f"{evaluation.get('explanation', '')}".rstrip(": "),
+            )
         return 0
     except TrainerError as e:
         log.error("%s", e)

@@ -1,0 +1,127 @@
+"""Which local command an image stands for on the local node.
+
+No container runtime exists here, so an image cannot be pulled or run. The
+local node knows loraforge's own images instead, and runs for each the
+command its image would run, from this checkout and its virtualenv:
+
+====================  ==========================================================
+image repository      runs
+====================  ==========================================================
+``*/loraforge/trainer``  the trainer (``loraforge-train``, ``torchrun``, ``python`` from the venv)
+``*/loraforge/operator`` the operator (``loraforge-operator``)
+``*/text-generation-inference``  the TGI stand-in (``dev/tgistandin``): TGI's launcher flags and env,
+                      TGI's HTTP API, transformers + peft on the CPU, bound to the pod's IP
+``busybox``           the host's shell and core utilities (tests' throw-away pods)
+====================  ==========================================================
+
+Any other image cannot start: the container ends with reason ``StartError``
+and a message naming the image and this table, never a silent success.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEV_DIR = Path(__file__).resolve().parents[1]
+# The venv's interpreter as started (not resolved: a resolved venv python loses the venv).
+VENV_BIN = Path(sys.executable).parent
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class UnknownImage(ValueError):
+    """The image is not in the local node's table."""
+
+
+@dataclass(frozen=True)
+class ImageProfile:
+    name: str
+    repositories: tuple[str, ...]  # repository path, or its last components, without registry and tag
+    entrypoint: tuple[str, ...]  # the image's ENTRYPOINT
+    cmd: tuple[str, ...] = ()  # the image's CMD
+    env: dict[str, str] = field(default_factory=dict)  # the image's ENV
+    # Executables of the image that are not on PATH here: name -> local argv prefix.
+    executables: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Extra arguments the local node appends, e.g. to bind to the pod's IP ({pod_ip}).
+    append_args: tuple[str, ...] = ()
+
+    def argv(self, command: list[str] | None, args: list[str] | None, pod_ip: str) -> list[str]:
+        """Kubernetes' rules: ``command`` replaces ENTRYPOINT, ``args`` replaces CMD
+        (and CMD is dropped when ``command`` is given)."""
+        if command:
+            out = [*command, *(args or [])]
+        else:
+            # An empty list is the API's "unset" (it is not even serialised).
+            out = [*self.entrypoint, *(args or self.cmd)]
+        if not out:
+            raise UnknownImage(f"image profile {self.name!r} has no entrypoint and the container no command")
+        prefix = self.executables.get(out[0])
+        if prefix is not None:
+            out = [*prefix, *out[1:]]
+        return [*out, *(a.format(pod_ip=pod_ip) for a in self.append_args)]
+
+
+def _python_env() -> dict[str, str]:
+    return {"PATH": f"{VENV_BIN}:{SYSTEM_PATH}", "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8"}
+
+
+PROFILES: tuple[ImageProfile, ...] = (
+    ImageProfile(
+        name="trainer",
+        repositories=("loraforge/trainer", "loraforge-trainer"),
+        entrypoint=("loraforge-train",),
+        env=_python_env(),
+    ),
+    ImageProfile(
+        name="operator",
+        repositories=("loraforge/operator", "loraforge-operator"),
+        entrypoint=("loraforge-operator",),
+        env=_python_env(),
+    ),
+    ImageProfile(
+        name="tgi",
+        repositories=("text-generation-inference",),
+        entrypoint=("text-generation-launcher",),
+        env={**_python_env(), "PYTHONPATH": str(DEV_DIR)},
+        executables={"text-generation-launcher": (str(VENV_BIN / "python"), "-m", "tgistandin")},
+        # In a real pod TGI listens on all addresses of the pod's own network
+        # namespace; here every pod shares the host's, so it listens on its IP.
+        append_args=("--hostname", "{pod_ip}"),
+    ),
+    ImageProfile(
+        name="busybox",
+        repositories=("busybox",),
+        entrypoint=(),
+        cmd=("sh",),
+        env={"PATH": SYSTEM_PATH},
+    ),
+)
+
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def repository(image: str) -> str:
+    """``ghcr.io/huggingface/text-generation-inference:3.3`` -> ``huggingface/text-generation-inference``."""
+    ref = _DIGEST.sub("", image)
+    first, _, rest = ref.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        ref = rest  # drop the registry
+    name, _, tag = ref.rpartition(":")
+    if name and "/" not in tag:
+        ref = name
+    return ref.removeprefix("library/")
+
+
+def lookup(image: str) -> ImageProfile:
+    repo = repository(image)
+    for profile in PROFILES:
+        for known in profile.repositories:
+            if repo == known or repo.endswith("/" + known):
+                return profile
+    known = ", ".join(r for p in PROFILES for r in p.repositories)
+    raise UnknownImage(
+        f"image {image!r} cannot run on the local node: it has no container runtime and runs only the "
+        f"images in its table (dev/localnode/images.py: {known})"
+    )

@@ -1,0 +1,177 @@
+"""The local node's pure parts: the image table, the kubelet's environment and
+command-line rules, and probe thresholds. (Running pods is tested end to end
+in tests/e2e/test_local_node.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from localnode import images, podenv, probes
+
+POD = {
+    "metadata": {
+        "name": "p",
+        "namespace": "ns",
+        "uid": "u-1",
+        "labels": {"app": "x", "tier": "web"},
+        "annotations": {"note": "hi"},
+    },
+    "spec": {"nodeName": "local", "serviceAccountName": "sa"},
+    "status": {"podIP": "127.0.0.9", "podIPs": [{"ip": "127.0.0.9"}], "hostIP": "127.0.0.1"},
+}
+
+
+@pytest.mark.parametrize(
+    ("image", "repo"),
+    [
+        ("ghcr.io/huggingface/text-generation-inference:3.3.6", "huggingface/text-generation-inference"),
+        ("registry.local:5000/loraforge/trainer:e2e", "loraforge/trainer"),
+        ("loraforge/trainer@sha256:" + "a" * 64, "loraforge/trainer"),
+        ("busybox", "busybox"),
+        ("docker.io/library/busybox:1.36", "busybox"),
+        ("localhost/team/loraforge/operator:0.1", "team/loraforge/operator"),
+    ],
+)
+def test_repository_drops_registry_tag_and_digest(image: str, repo: str) -> None:
+    assert images.repository(image) == repo
+
+
+def test_lookup_maps_project_images_and_refuses_others() -> None:
+    assert images.lookup("mirror.corp/huggingface/text-generation-inference:3.3.6").name == "tgi"
+    assert images.lookup("registry.local/loraforge/trainer:e2e").name == "trainer"
+    assert images.lookup("busybox:1.36").name == "busybox"
+    with pytest.raises(images.UnknownImage, match=r"'acme/trainer-x:1' cannot run on the local node"):
+        images.lookup("acme/trainer-x:1")
+    with pytest.raises(images.UnknownImage):
+        images.lookup("evil/loraforge-trainer-lookalike")
+
+
+def test_argv_follows_kubernetes_command_and_args_rules() -> None:
+    trainer = images.lookup("loraforge/trainer:1")
+    assert trainer.argv(None, None, "127.0.0.2") == ["loraforge-train"]
+    assert trainer.argv(None, ["--config", "c"], "127.0.0.2") == ["loraforge-train", "--config", "c"]
+    assert trainer.argv(["torchrun", "-m", "x"], None, "127.0.0.2") == ["torchrun", "-m", "x"]
+    assert trainer.argv(["python"], ["-V"], "127.0.0.2") == ["python", "-V"]
+    box = images.lookup("busybox")
+    assert box.argv(None, None, "ip") == ["sh"]  # the image's CMD
+    assert box.argv(None, [], "ip") == ["sh"]  # an empty list is unset in the API
+    with pytest.raises(images.UnknownImage, match="no entrypoint"):
+        images.ImageProfile("bare", ("bare",), ()).argv(None, None, "ip")
+
+
+def test_tgi_runs_the_stand_in_on_the_pod_ip() -> None:
+    tgi = images.lookup("ghcr.io/huggingface/text-generation-inference:3.3.6")
+    argv = tgi.argv(None, ["--model-id", "/models/m", "--port", "8080"], "127.0.0.7")
+    assert argv[1:3] == ["-m", "tgistandin"]
+    assert argv[3:] == ["--model-id", "/models/m", "--port", "8080", "--hostname", "127.0.0.7"]
+    # An explicit `command: [text-generation-launcher]` maps the same way.
+    assert tgi.argv(["text-generation-launcher"], ["--port", "80"], "ip")[1:3] == ["-m", "tgistandin"]
+
+
+def test_expand_replaces_known_names_keeps_unknown_and_escapes() -> None:
+    env = {"A": "1", "B": "two"}
+    assert podenv.expand("$(A)-$(B)", env) == "1-two"
+    assert podenv.expand("$(MISSING) stays", env) == "$(MISSING) stays"
+    assert podenv.expand("$$(A) is literal", env) == "$(A) is literal"
+    assert podenv.expand("$A is not a reference", env) == "$A is not a reference"
+
+
+def test_container_env_resolves_every_source_in_order() -> None:
+    data = {
+        ("ConfigMap", "ns", "cm"): {"k": "from-cm", "other": "o"},
+        ("Secret", "ns", "sec"): {"token": "s3cret"},
+    }
+
+    def lookup(kind: str, ns: str, name: str) -> dict[str, str] | None:
+        return data.get((kind, ns, name))
+
+    container = {
+        "resources": {"limits": {"memory": "2Gi"}, "requests": {"cpu": "1500m"}},
+        "envFrom": [{"configMapRef": {"name": "cm"}, "prefix": "CM_"}],
+        "env": [
+            {"name": "PLAIN", "value": "v"},
+            {"name": "REF", "value": "$(PLAIN)/$(CM_k)/$(PATH)"},
+            {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "TIER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['tier']"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "KEY", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "token"}}},
+            {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "none", "key": "x", "optional": True}}},
+            {
+                "name": "MEM_MI",
+                "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+            },
+            {"name": "CPU", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu"}}},
+            {"name": "CPU_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+        ],
+    }
+    env = podenv.container_env(POD, container, {"PATH": "/bin"}, lookup, {"cpu": "32"})
+    assert env["CM_k"] == "from-cm" and env["CM_other"] == "o"
+    assert env["REF"] == "v/from-cm//bin"
+    assert (env["NAME"], env["TIER"], env["IP"]) == ("p", "web", "127.0.0.9")
+    assert (env["KEY"], env["TOKEN"]) == ("from-cm", "s3cret")
+    assert "OPT" not in env
+    assert env["MEM_MI"] == "2048"
+    assert env["CPU"] == "2"  # rounded up, as the kubelet does
+    assert env["CPU_LIMIT"] == "32"  # no limit: the node's allocatable
+
+
+@pytest.mark.parametrize(
+    ("var", "message"),
+    [
+        ({"valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k"}}}, 'configmap "nope" not found'),
+        ({"valueFrom": {"configMapKeyRef": {"name": "cm", "key": "x"}}}, 'key "x" not in configmap "cm"'),
+        ({"valueFrom": {"fieldRef": {"fieldPath": "spec.nope"}}}, "unsupported fieldRef"),
+    ],
+)
+def test_container_env_errors_name_what_is_missing(var: dict, message: str) -> None:
+    def lookup(kind: str, ns: str, name: str) -> dict[str, str] | None:
+        return {"k": "v"} if name == "cm" else None
+
+    with pytest.raises(podenv.ConfigError, match=message):
+        podenv.container_env(POD, {"env": [{"name": "X", **var}]}, {}, lookup, {})
+
+
+def test_downward_labels_file_format() -> None:
+    assert podenv.field_value(POD, "metadata.labels") == 'app="x"\ntier="web"'
+
+
+def test_probe_thresholds_and_initial_delay() -> None:
+    p = probes.Probe(
+        "readiness", {"initialDelaySeconds": 5, "periodSeconds": 2, "successThreshold": 2}, 100.0
+    )
+    assert not p.due(104.9) and p.due(105.0)
+    assert p.record(True, "", 105.0) is False and p.result is None  # one success of two
+    assert not p.due(106.0) and p.due(107.0)
+    assert p.record(True, "", 107.0) is True and p.result is True
+    # failureThreshold defaults to 3
+    assert not p.record(False, "x", 109.0) and not p.record(False, "x", 111.0)
+    assert p.record(False, "x", 113.0) and p.result is False
+
+
+def test_http_probe_against_a_real_server() -> None:
+    import http.server
+    import threading
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/ok" else 503)
+            self.end_headers()
+
+        def log_message(self, *a) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    container = {"ports": [{"name": "http", "containerPort": port}]}
+    try:
+        assert probes.run_probe({"httpGet": {"path": "/ok", "port": "http"}}, container, "127.0.0.1", None)[0]
+        ok, msg = probes.run_probe({"httpGet": {"path": "/bad", "port": port}}, container, "127.0.0.1", None)
+        assert not ok and "503" in msg
+        assert probes.run_probe({"tcpSocket": {"port": port}}, container, "127.0.0.1", None)[0]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    ok, msg = probes.run_probe({"tcpSocket": {"port": port}}, container, "127.0.0.1", None)
+    assert not ok and "probe error" in msg
