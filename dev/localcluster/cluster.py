@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -323,6 +324,9 @@ class LocalCluster:
                 f"--kubeconfig={self.kubeconfig}",
                 f"--state-dir={self.dir / 'localnode'}",
                 f"--healthz-port={ports.localnode}",
+                # Pod IPs from a loopback /24 of this cluster's own, so two
+                # clusters' pods (a test's private one) never share an address.
+                f"--pod-subnet=127.0.{zlib.crc32(str(self.dir).encode()) % 250 + 1}",
             ]
         raise ValueError(name)
 

@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", default="32", help="CPU capacity to declare (not measured)")
     p.add_argument("--memory", default="256Gi", help="memory capacity to declare (not measured)")
     p.add_argument("--restart-backoff", type=float, default=10.0, help="first restart back-off, seconds")
+    p.add_argument(
+        "--pod-subnet",
+        default="127.0.0",
+        help="first three octets of the loopback /24 that pod IPs come from (one per cluster)",
+    )
     p.add_argument("--healthz-port", type=int, default=None, help="serve /healthz and /pods on 127.0.0.1")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu=args.cpu,
         memory=args.memory,
         restart_backoff=args.restart_backoff,
+        pod_subnet=args.pod_subnet,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stopping.set())

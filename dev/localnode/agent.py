@@ -46,6 +46,7 @@ class Agent:
         memory: str = "256Gi",
         restart_backoff: float = 10.0,
         shutdown_grace: float = 10.0,
+        pod_subnet: str = "127.0.0",
     ):
         config.load_kube_config(config_file=kubeconfig)
         self.api_client = client.ApiClient()
@@ -70,6 +71,7 @@ class Agent:
         self.workers: dict[str, PodWorker] = {}
         self.finished: set[str] = set()
         self._lock = threading.Lock()
+        self.pod_subnet = pod_subnet
         self._ips: dict[str, str] = {}
         self._next_ip = 2
         self._events: dict[tuple[str, str, str], tuple[str, int]] = {}
@@ -185,11 +187,11 @@ class Agent:
             log.debug("event %s on %s not recorded: %s", reason, meta["name"], e.status)
 
     def acquire_ip(self, worker: PodWorker) -> str:
-        """A loopback address of the pod's own: 127.0.0.2 to 127.0.0.254, handed out round-robin."""
+        """A loopback address of the pod's own (``<subnet>.2`` to ``.254``), handed out round-robin."""
         with self._lock:
             used = set(self._ips.values())
             for _ in range(253):
-                ip = f"127.0.0.{self._next_ip}"
+                ip = f"{self.pod_subnet}.{self._next_ip}"
                 self._next_ip = 2 if self._next_ip >= 254 else self._next_ip + 1
                 if ip not in used:
                     self._ips[worker.uid] = ip

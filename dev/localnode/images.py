@@ -50,11 +50,8 @@ class ImageProfile:
     def argv(self, command: list[str] | None, args: list[str] | None, pod_ip: str) -> list[str]:
         """Kubernetes' rules: ``command`` replaces ENTRYPOINT, ``args`` replaces CMD
         (and CMD is dropped when ``command`` is given)."""
-        if command:
-            out = [*command, *(args or [])]
-        else:
-            # An empty list is the API's "unset" (it is not even serialised).
-            out = [*self.entrypoint, *(args or self.cmd)]
+        # An empty list is the API's "unset" (it is not even serialised).
+        out = [*command, *(args or [])] if command else [*self.entrypoint, *(args or self.cmd)]
         if not out:
             raise UnknownImage(f"image profile {self.name!r} has no entrypoint and the container no command")
         prefix = self.executables.get(out[0])

@@ -1,11 +1,14 @@
 """The harness's own promises: `up` is idempotent, everything listens and talks
-on loopback only, and `down` stops every process it started. Runs a second,
+on loopback only, and `down` stops every process it started, the local node's
+pods included. Runs a second,
 private cluster in a temporary state folder so the session's cluster is untouched."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,26 @@ def _tcp_sockets(inodes: set[str]) -> list[tuple[str, object, object]]:
     return found
 
 
+SLEEPER = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "sleeper", "namespace": "default"},
+    "spec": {
+        "nodeSelector": {"loraforge.io/local-node": "true"},
+        "tolerations": [{"key": "loraforge.io/local-node", "operator": "Exists"}],
+        "containers": [{"name": "sleep", "image": "busybox", "command": ["sleep", "600"]}],
+    },
+}
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 @pytest.fixture
 def private_cluster(tmp_path: Path):
     cluster = LocalCluster(tmp_path / "cluster")
@@ -76,8 +99,22 @@ def test_up_is_idempotent_loopback_only_and_down_stops_everything(private_cluste
             if state != "LISTEN":
                 assert remote.is_loopback, f"{proc.name} talks to {remote}"
 
+    # A pod really running on the local node: `down` must end its process too.
+    private_cluster.kubectl("apply", "-f", "-", input=json.dumps(SLEEPER))
+    deadline = time.monotonic() + 60
+    pid = None
+    while pid is None and time.monotonic() < deadline:
+        out = private_cluster.kubectl(
+            "get", "pod", "sleeper", "-o", "jsonpath={.status.containerStatuses[0].containerID}", check=False
+        ).stdout
+        pid = int(out.removeprefix("localnode://")) if out.startswith("localnode://") else None
+        time.sleep(0.2)
+    assert pid is not None, "the pod never started on the local node"
+    assert Path(f"/proc/{pid}").exists()
+
     stopped = private_cluster.down()
     assert sorted(stopped) == sorted(COMPONENTS)
     assert not any(is_alive(p) for p in procs)
+    assert not _running(pid), f"the pod's process {pid} outlived the cluster"
     assert not private_cluster.kubeconfig.exists()
     assert not private_cluster.status().running
