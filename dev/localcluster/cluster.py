@@ -60,6 +60,7 @@ class Ports:
     scheduler: int
     kwok: int
     localnode: int
+    kubelet: int  # the local node's kubelet API
 
     @classmethod
     def pick_free(cls) -> Ports:
@@ -272,6 +273,11 @@ class LocalCluster:
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={p / 'front-proxy-client.crt'}",
                 f"--proxy-client-key-file={p / 'front-proxy-client.key'}",
+                # `kubectl logs` reaches the local node's kubelet API by its address, over TLS both ways.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={p / 'ca.crt'}",
                 "--profiling=false",
             ]
         if name == "kube-controller-manager":
@@ -317,6 +323,7 @@ class LocalCluster:
                 f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
             ]
         if name == "localnode":
+            p = self.pki_dir
             return [
                 sys.executable,
                 "-m",
@@ -324,6 +331,10 @@ class LocalCluster:
                 f"--kubeconfig={self.kubeconfig}",
                 f"--state-dir={self.dir / 'localnode'}",
                 f"--healthz-port={ports.localnode}",
+                f"--kubelet-port={ports.kubelet}",
+                f"--tls-cert={p / 'localnode-kubelet.crt'}",
+                f"--tls-key={p / 'localnode-kubelet.key'}",
+                f"--client-ca={p / 'ca.crt'}",
                 # Pod IPs from a loopback /24 of this cluster's own, so two
                 # clusters' pods (a test's private one) never share an address.
                 f"--pod-subnet=127.0.{zlib.crc32(str(self.dir).encode()) % 250 + 1}",

@@ -208,6 +208,13 @@ def generate(pki_dir: Path) -> None:
         ca.issue("etcd", server=True, client=True, dns_names=("localhost",), ip_addresses=("127.0.0.1",)),
     )
     _write_pair(pki_dir, "apiserver-etcd-client", ca.issue("kube-apiserver-etcd-client", client=True))
+    # The local node's kubelet API (kubectl logs), and the API server's identity towards it.
+    _write_pair(
+        pki_dir,
+        "localnode-kubelet",
+        ca.issue("system:node:local", server=True, dns_names=("local",), ip_addresses=("127.0.0.1",)),
+    )
+    _write_pair(pki_dir, "apiserver-kubelet-client", ca.issue("kube-apiserver-kubelet-client", client=True))
     for ident in CLIENTS:
         _write_pair(
             pki_dir,

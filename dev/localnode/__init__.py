@@ -21,5 +21,6 @@ with no container runtime and no GPU:
   ``nvidia.com/gpu``) keeps its Lease renewed.
 
 Run it with ``python -m localnode`` (``make cluster`` starts it with the
-cluster). It needs root for the mount namespaces.
+cluster). It needs root, or unprivileged user namespaces, for the mount
+namespaces; it checks at start and says so.
 """

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from . import volumes
+from . import kubeletapi, volumes
 from .pod import PodWorker, now_iso
 
 log = logging.getLogger("localnode")
@@ -76,6 +76,7 @@ class Agent:
         self._next_ip = 2
         self._events: dict[tuple[str, str, str], tuple[str, int]] = {}
         self.watching = False
+        self.kubelet_port = 0
 
     # --- API helpers used by pod workers ---------------------------------------
 
@@ -231,6 +232,7 @@ class Agent:
                 {"type": "InternalIP", "address": self.node_ip},
                 {"type": "Hostname", "address": self.node_name},
             ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "capacity": self.allocatable,
             "allocatable": self.allocatable,
             "nodeInfo": {
@@ -406,9 +408,16 @@ class Agent:
         threading.Thread(target=server.serve_forever, name="healthz", daemon=True).start()
         return server
 
-    def run(self, healthz_port: int | None = None) -> None:
+    def run(
+        self, healthz_port: int | None = None, kubelet: tuple[int, Path, Path, Path] | None = None
+    ) -> None:
+        """Serve until ``stopping`` is set. ``kubelet``: (port, cert, key, client CA) of the kubelet API."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.pods_dir.mkdir(parents=True, exist_ok=True)
+        kubelet_server = None
+        if kubelet:
+            self.kubelet_port = kubelet[0]
+            kubelet_server = kubeletapi.serve(self, *kubelet)
         self.register()
         self._renew_lease()
         server = self.serve_health(healthz_port) if healthz_port else None
@@ -423,7 +432,8 @@ class Agent:
             w.update(w.pod)  # wake it
         for w in workers:
             w.join(self.shutdown_grace + 10)
-        if server:
-            server.shutdown()
+        for srv in (server, kubelet_server):
+            if srv:
+                srv.shutdown()
         with contextlib.suppress(Exception):
             self.api_client.close()

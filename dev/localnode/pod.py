@@ -426,6 +426,8 @@ class PodWorker(threading.Thread):
     def _check(self) -> None:
         """Between steps: the pod deleted, or the agent stopping?"""
         if self.agent.stopping.is_set():
+            if self.phase() in ("Succeeded", "Failed"):
+                raise Stop  # a terminal phase never changes
             self._stop_all(self.agent.shutdown_grace, "the local node agent is stopping")
             self.final_phase = "Failed"
             self.publish(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 import subprocess
 import time
@@ -49,7 +50,17 @@ def run_probe(spec: Obj, container: Obj, pod_ip: str, pid: int | None) -> tuple[
                 return False, "container not running"
             # Run the command inside the container's mount namespace and root.
             proc = subprocess.run(
-                ["nsenter", f"--target={pid}", "--mount", "--root", "--wd", "--", *spec["exec"]["command"]],
+                [
+                    "nsenter",
+                    f"--target={pid}",
+                    # Not root: the container's mount namespace belongs to its own user namespace.
+                    *(["--user"] if os.geteuid() else []),
+                    "--mount",
+                    "--root",
+                    "--wd",
+                    "--",
+                    *spec["exec"]["command"],
+                ],
                 capture_output=True,
                 text=True,
                 timeout=timeout,

@@ -14,6 +14,9 @@ container's command. What it sets up (needs root, which the agent checks):
   made on the tmpfs, never in the host's ``/etc``;
 - ``chroot`` into it, the working directory, the environment, then ``exec``.
 
+Run as root it uses a mount namespace only; run as another user, a user
+namespace too (where it is root and may mount), if the kernel allows those.
+
 This is *not* isolation: the whole host file system stays visible (and
 writable) inside, the process runs as the agent's user (the pod's
 ``runAsUser`` is not applied), and it shares the host's network stack (the
@@ -36,12 +39,17 @@ from pathlib import Path
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_RELATIME = 1 << 21
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 0x2
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
 PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -50,7 +58,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def _check(ret: int, what: str) -> None:
     if ret != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+        cls = PermissionError if err in (1, 13) else OSError  # EPERM, EACCES
+        raise cls(err, f"{what}: {os.strerror(err)}")
 
 
 def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -68,6 +77,14 @@ def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: s
 
 def _umount(target: str) -> None:
     _check(_libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
+
+
+def _locked_flags(path: str) -> int:
+    f = os.statvfs(path).f_flag
+    flags = f & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+    if f & os.ST_RELATIME:
+        flags |= MS_RELATIME
+    return flags
 
 
 class RootFS:
@@ -163,14 +180,27 @@ class RootFS:
                 inside.touch()
         _mount(source, str(inside), None, MS_BIND | MS_REC)
         if read_only:
-            _mount(None, str(inside), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+            try:
+                _mount(None, str(inside), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+            except PermissionError:
+                # In a user namespace the source mount's nosuid/nodev/noexec/atime
+                # flags are locked and must be repeated.
+                _mount(None, str(inside), None, MS_REMOUNT | MS_BIND | MS_RDONLY | _locked_flags(source))
 
 
 def _prepare(spec: dict) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
     if spec.get("agentPid") and os.getppid() != spec["agentPid"]:  # the agent died before the line above
         os._exit(137)
-    _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    if os.geteuid() == 0:
+        _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    else:
+        # Not root: a user namespace of our own, in which we are root and may mount.
+        uid, gid = os.geteuid(), os.getegid()
+        _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare(CLONE_NEWUSER|CLONE_NEWNS)")
+        Path("/proc/self/setgroups").write_text("deny")
+        Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
+        Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     rootfs = RootFS(Path(spec["rootDir"]))
     rootfs.build()

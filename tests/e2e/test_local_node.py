@@ -328,6 +328,8 @@ def test_a_failing_command_fails_the_pod_with_its_exit_code_and_message(kube: Ku
     term = _container(pod)["state"]["terminated"]
     assert (term["exitCode"], term["reason"], term["message"]) == (3, "Error", "DatasetInvalid: line 3\n")
     assert _container(pod)["restartCount"] == 0
+    # `kubectl logs` goes through the API server to the local node's kubelet API.
+    assert kube.kubectl("logs", "fails", "-n", ns).stdout == "out\n"
 
     # FallbackToLogsOnError: no message written, so the log's tail explains.
     kube.apply(
@@ -416,7 +418,7 @@ def test_volumes_env_and_the_service_account_token_reach_the_container(kube: Kub
 
 def test_restart_policy_restarts_with_backoff_and_keeps_the_empty_dir(kube: Kube, ns: str) -> None:
     # Fails the first time, succeeds the second: the emptyDir survives the restart.
-    script = "if [ -e /state/ran ]; then exit 0; fi; touch /state/ran; exit 2"
+    script = "if [ -e /state/ran ]; then exit 0; fi; touch /state/ran; echo first run; exit 2"
     kube.apply(
         _pod(
             "flaky",
@@ -433,6 +435,9 @@ def test_restart_policy_restarts_with_backoff_and_keeps_the_empty_dir(kube: Kube
     assert status["restartCount"] == 1
     assert status["lastState"]["terminated"]["exitCode"] == 2
     assert "BackOff" in [e["reason"] for e in _events(kube, ns, "flaky")]
+    # The failed first run's log stays readable as the previous container's.
+    prev = kube.kubectl("logs", "flaky", "-n", ns, "--previous", check=False)
+    assert (prev.returncode, prev.stdout) == (0, "first run\n"), prev.stderr
 
 
 def test_readiness_follows_the_probe_and_liveness_restarts(kube: Kube, ns: str) -> None:
