@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import http.client
 import json
 import os
@@ -41,6 +42,16 @@ NODE_LEASE_SECONDS = 40
 # Start order; `down` stops in reverse. The local node agent (dev/localnode)
 # runs the pods bound to node `local` as processes; kwok fakes the rest.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "localnode")
+
+
+def harness_digest() -> str:
+    """Digest of the harness's own code: a cluster started by other code is restarted, not reused."""
+    h = hashlib.sha256()
+    for folder in (PACKAGE_DIR, PACKAGE_DIR.parent / "localnode"):
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".yaml", ".env", ".go"):
+                h.update(path.relative_to(folder.parent).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 class ClusterError(RuntimeError):
@@ -142,13 +153,14 @@ class LocalCluster:
         if not self._state_file.exists():
             return None, []
         data = json.loads(self._state_file.read_text())
-        return Ports(**data["ports"]), [ProcessRecord(**p) for p in data["processes"]]
+        # A state file written by another version may lack a port: 0, never a crash.
+        ports = Ports(**{f.name: data["ports"].get(f.name, 0) for f in fields(Ports)})
+        return ports, [ProcessRecord(**p) for p in data["processes"]]
 
     def _save_state(self, ports: Ports, procs: list[ProcessRecord]) -> None:
         tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"ports": asdict(ports), "processes": [asdict(p) for p in procs]}, indent=2)
-        )
+        state = {"harness": harness_digest(), "ports": asdict(ports), "processes": [asdict(p) for p in procs]}
+        tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self._state_file)
 
     def status(self) -> ClusterStatus:
@@ -156,6 +168,13 @@ class LocalCluster:
         if ports is None:
             return ClusterStatus(False, {}, None, "not started")
         alive = {p.name: is_alive(p) for p in procs}
+        if json.loads(self._state_file.read_text()).get("harness") != harness_digest():
+            return ClusterStatus(
+                False,
+                alive,
+                self.kubeconfig,
+                "started by other code of dev/localcluster or dev/localnode (`make cluster` restarts it)",
+            )
         if not all(alive.get(c, False) for c in COMPONENTS):
             dead = [c for c in COMPONENTS if not alive.get(c, False)]
             return ClusterStatus(False, alive, self.kubeconfig, f"not running: {', '.join(dead)} down")

@@ -97,3 +97,18 @@ def test_ports_picked_for_a_cluster_are_distinct() -> None:
     values = list(vars(ports).values())
     assert len(set(values)) == len(values)
     assert all(1024 < p < 65536 for p in values)
+
+
+def test_a_cluster_started_by_other_harness_code_is_not_reused(tmp_path: Path) -> None:
+    import json
+
+    cluster = _cluster_with(tmp_path, [])
+    state = json.loads(cluster._state_file.read_text())
+    # An older harness's state: another digest, and no port for a newer component.
+    state["harness"] = "0" * 16
+    del state["ports"]["kubelet"]
+    cluster._state_file.write_text(json.dumps(state))
+    st = cluster.status()
+    assert not st.running
+    assert "started by other code" in st.detail
+    assert cluster.down() == []  # still readable, so `down` (and `up`) can clean it away
