@@ -116,10 +116,9 @@ def kube() -> Iterator[Kube]:
             cluster.down()
 
 
-@pytest.fixture
-def namespace(kube: Kube) -> Iterator[str]:
-    """A fresh namespace that enforces Pod Security "restricted", deleted afterwards."""
-    name = f"lf-test-{uuid.uuid4().hex[:8]}"
+def restricted_namespace(kube: Kube, prefix: str = "lf-test") -> str:
+    """Create a fresh namespace that enforces Pod Security "restricted"; return its name."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     kube.create_namespace(
         name,
         labels={
@@ -128,5 +127,12 @@ def namespace(kube: Kube) -> Iterator[str]:
             "pod-security.kubernetes.io/enforce-version": "latest",
         },
     )
+    return name
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    """A fresh namespace that enforces Pod Security "restricted", deleted afterwards."""
+    name = restricted_namespace(kube)
     yield name
     kube.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from localcluster.cluster import COMPONENTS, LocalCluster, is_alive
+from localcluster.cluster import COMPONENTS, LocalCluster, _start_ticks, is_alive
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -62,14 +62,6 @@ SLEEPER = {
 }
 
 
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 @pytest.fixture
 def private_cluster(tmp_path: Path):
     cluster = LocalCluster(tmp_path / "cluster")
@@ -115,6 +107,6 @@ def test_up_is_idempotent_loopback_only_and_down_stops_everything(private_cluste
     stopped = private_cluster.down()
     assert sorted(stopped) == sorted(COMPONENTS)
     assert not any(is_alive(p) for p in procs)
-    assert not _running(pid), f"the pod's process {pid} outlived the cluster"
+    assert _start_ticks(pid) is None, f"the pod's process {pid} outlived the cluster"
     assert not private_cluster.kubeconfig.exists()
     assert not private_cluster.status().running

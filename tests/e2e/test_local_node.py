@@ -14,7 +14,6 @@ import json
 import shutil
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import pytest
 
 from localcluster import storage
+from localcluster.cluster import _start_ticks
+from tests.conftest import restricted_namespace
 from tests.e2e.conftest import OperatorProcess
 from tests.kube import RESTRICTED_CONTAINER_SECURITY, Kube, wait_for
 
@@ -45,16 +46,7 @@ def _local_node(kube: Kube) -> None:
 
 
 def _namespace(kube: Kube) -> str:
-    name = f"lf-node-{uuid.uuid4().hex[:8]}"
-    kube.create_namespace(
-        name,
-        labels={
-            "loraforge.io/test": "true",
-            "pod-security.kubernetes.io/enforce": "restricted",
-            "pod-security.kubernetes.io/enforce-version": "latest",
-        },
-    )
-    return name
+    return restricted_namespace(kube, prefix="lf-node")
 
 
 @pytest.fixture
@@ -103,16 +95,16 @@ def _container(pod: dict[str, Any]) -> dict[str, Any]:
     return pod["status"]["containerStatuses"][0]
 
 
-def _pid(pod: dict[str, Any]) -> int:
-    return int(_container(pod)["containerID"].removeprefix("localnode://"))
+def _pid(pod: dict[str, Any]) -> tuple[int, int]:
+    """The container's process: pid and kernel start time (a pid alone may be reused)."""
+    pid = int(_container(pod)["containerID"].removeprefix("localnode://"))
+    ticks = _start_ticks(pid)
+    assert ticks is not None, f"process {pid} of the running container is gone"
+    return pid, ticks
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+def _alive(proc: tuple[int, int]) -> bool:
+    return _start_ticks(proc[0]) == proc[1]  # None: gone, or a zombie; another value: pid reused
 
 
 def _events(kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
@@ -312,7 +304,7 @@ def test_a_tgi_deployment_serves_the_trained_adapter_once_ready(
     assert _alive(pid)
     kube.kubectl("delete", "deployment", "tgi", "-n", ns, "--wait=true", "--timeout=60s")
     wait_for(lambda: not kube.get("pods", "-n", ns, "-l", "app=tgi")["items"], 60, "the TGI pod to go")
-    wait_for(lambda: not _alive(pid), 10, f"the TGI process {pid} to end")
+    wait_for(lambda: not _alive(pid), 10, f"the TGI process {pid[0]} to end")
 
 
 # --- the kubelet's promises, one by one --------------------------------------------------
@@ -451,7 +443,12 @@ def test_readiness_follows_the_probe_and_liveness_restarts(kube: Kube, ns: str) 
             restartPolicy="Always",
             container={
                 "readinessProbe": {"exec": {"command": ["test", "-e", "/s/ready"]}, **probe},
-                "livenessProbe": {"exec": {"command": ["test", "-e", "/s/live"]}, **probe},
+                # (A first probe at once could race the script's first line.)
+                "livenessProbe": {
+                    "exec": {"command": ["test", "-e", "/s/live"]},
+                    "initialDelaySeconds": 1,
+                    **probe,
+                },
                 "volumeMounts": [{"name": "state", "mountPath": "/s"}],
             },
             volumes=[{"name": "state", "emptyDir": {}}],
@@ -467,10 +464,10 @@ def test_readiness_follows_the_probe_and_liveness_restarts(kube: Kube, ns: str) 
     pod = _phase(kube, ns, "probed", "Running")
     assert not ready(pod)
     pod = wait_for(lambda: (p := _get_pod(kube, ns, "probed")) and ready(p) and p, 30, "the pod to be Ready")
-    first_pid = _pid(pod)
+    first_pid, restarts = _pid(pod), _container(pod)["restartCount"]
     wait_for(lambda: not ready(_get_pod(kube, ns, "probed")), 30, "the pod to be not Ready again")
     pod = wait_for(
-        lambda: (p := _get_pod(kube, ns, "probed")) and _container(p)["restartCount"] == 1 and p,
+        lambda: (p := _get_pod(kube, ns, "probed")) and _container(p)["restartCount"] == restarts + 1 and p,
         60,
         "the liveness probe to restart the container",
     )
