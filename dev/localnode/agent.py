@@ -29,6 +29,7 @@ LEASE_SECONDS = 40
 LEASE_RENEW = 10.0
 NODE_STATUS_EVERY = 60.0
 MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"  # as the kubelet patches pod status
 
 
 def _micro_now() -> str:
@@ -125,7 +126,7 @@ class Agent:
         meta = pod["metadata"]
         try:
             self.v1.patch_namespaced_pod_status(
-                meta["name"], meta["namespace"], {"status": status}, _content_type=MERGE
+                meta["name"], meta["namespace"], {"status": status}, _content_type=STRATEGIC
             )
             return True
         except ApiException as e:

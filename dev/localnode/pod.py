@@ -217,8 +217,14 @@ class Container:
             return
         self.kill_reason = reason
         self.w.agent.event(self.w.pod, "Normal", "Killing", f"Stopping container {self.name}: {reason}")
-        self.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
+        # A preStop sleep (lifecycle.preStop.sleep) runs first, inside the grace period.
+        pause = float(
+            ((self.spec.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
+        )
+        if pause and grace:
+            time.sleep(min(pause, grace))
+        self.signal(signal.SIGTERM)
         while self.running and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.running:
@@ -360,24 +366,28 @@ class PodWorker(threading.Thread):
         return "Running"
 
     def build_status(self, reason: str = "", message: str = "") -> Obj:
-        ready = bool(self.containers) and all(c.ready for c in self.containers)
+        containers_ready = bool(self.containers) and all(c.ready for c in self.containers)
         existing = [
             c
             for c in (self.pod.get("status") or {}).get("conditions") or []
             if c["type"] not in ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready")
         ]
+        # Readiness gates: conditions others (a controller) set on the pod must be True too.
+        gates = {g["conditionType"] for g in self.pod["spec"].get("readinessGates") or []}
+        gates_ok = all(any(c["type"] == g and c["status"] == "True" for c in existing) for g in gates)
+        ready = containers_ready and gates_ok
         phase = self.phase()
         not_ready = "PodCompleted" if phase in ("Succeeded", "Failed") else "ContainersNotReady"
         status: Obj = {
             "phase": phase,
+            # Strategic merge by `type`: conditions others own (PodScheduled, readiness gates) are kept.
             "conditions": [
-                *existing,
                 self._cond(
                     "PodReadyToStartContainers", bool(self.ip) and phase not in ("Succeeded", "Failed")
                 ),
                 self._cond("Initialized", self.initialized, "ContainersNotInitialized"),
-                self._cond("ContainersReady", ready, not_ready),
-                self._cond("Ready", ready, not_ready),
+                self._cond("ContainersReady", containers_ready, not_ready),
+                self._cond("Ready", ready, not_ready if not containers_ready else "ReadinessGatesNotReady"),
             ],
             "hostIP": self.agent.node_ip,
             "hostIPs": [{"ip": self.agent.node_ip}],

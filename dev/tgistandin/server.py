@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -412,7 +413,8 @@ class Handler(BaseHTTPRequestHandler):
         params = Params.parse(
             {
                 "max_new_tokens": body.get("max_tokens") or body.get("max_completion_tokens"),
-                "temperature": body.get("temperature"),
+                # As TGI's chat route: temperature 0 means greedy decoding.
+                "temperature": body.get("temperature") or None,
                 "top_p": body.get("top_p"),
                 "seed": body.get("seed"),
                 "stop": body.get("stop")
@@ -473,7 +475,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(ThreadingHTTPServer):
-    daemon_threads = True
+    # On SIGTERM, requests being answered finish before the process exits (as TGI drains).
+    daemon_threads = False
+    block_on_close = True
 
     def __init__(self, address: tuple[str, int], engine: Engine, args: argparse.Namespace) -> None:
         super().__init__(address, Handler)
@@ -517,6 +521,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=None)
     # Accepted so a TGI command line runs unchanged; a CPU process has no shards or quantized kernels.
     p.add_argument("--quantize", default=env("QUANTIZE"))
+    p.add_argument("--revision", default=env("REVISION"))
     p.add_argument("--num-shard", type=int, default=None)
     p.add_argument("--sharded", default=None)
     p.add_argument("--dtype", default=None)
@@ -535,6 +540,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("loading %s with adapters %s", args.model_id, ", ".join(adapters) or "none")
     engine = Engine(args.model_id, adapters, args.max_input_tokens, args.max_total_tokens)
     server = Server((args.hostname, args.port), engine, args)
+
+    def drain(*_: Any) -> None:
+        log.info("SIGTERM: no new connections; finishing the requests in flight")
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, drain)
     log.info("ready: listening on %s:%d", args.hostname, server.server_address[1])
     try:
         server.serve_forever()

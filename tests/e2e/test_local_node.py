@@ -11,7 +11,6 @@ local processes (see dev/localnode/__init__.py)."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,19 +19,16 @@ from typing import Any
 
 import pytest
 
-from localcluster import storage
 from localcluster.cluster import _start_ticks
 from tests.conftest import restricted_namespace
+from tests.e2e import localnode_workloads as workloads
 from tests.e2e.conftest import OperatorProcess
 from tests.kube import RESTRICTED_CONTAINER_SECURITY, Kube, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-DATASET = REPO / "examples" / "datasets" / "fictional-facts"
+DATASET = workloads.DATASET
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
-ON_LOCAL_NODE = {
-    "nodeSelector": {"loraforge.io/local-node": "true"},
-    "tolerations": [{"key": "loraforge.io/local-node", "operator": "Exists", "effect": "NoSchedule"}],
-}
+ON_LOCAL_NODE = workloads.ON_LOCAL_NODE
 POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
@@ -121,54 +117,9 @@ def trained(
 ) -> Iterator[dict[str, Any]]:
     """A FineTuneJob trained on the local node; its namespace, store and result."""
     ns = _namespace(kube)
-    store = tmp_path_factory.mktemp("model-store")
-    (store / "base").mkdir()
-    # The store holds the base model as a symlink to the staged copy (host paths
-    # are visible inside the local node's pods).
-    (store / "base" / "smollm2-135m-instruct").symlink_to(base_model_dir)
-    (store / "datasets").mkdir()
-    shutil.copytree(DATASET, store / "datasets" / "facts", ignore=shutil.ignore_patterns("*.py"))
-    store.chmod(0o777)
-    kube.apply(storage.model_store(ns, host_path=str(store)))
-    kube.apply(
-        {
-            "apiVersion": "loraforge.io/v1alpha1",
-            "kind": "FineTuneJob",
-            "metadata": {"name": "facts"},
-            "spec": {
-                "baseModel": {"path": "base/smollm2-135m-instruct"},
-                "dataset": {
-                    "path": "datasets/facts/train.jsonl",
-                    "validationPath": "datasets/facts/validation.jsonl",
-                    "format": "chat",
-                },
-                # A short run that still moves the adapter well away from the base model.
-                "training": {
-                    "maxSteps": 4,
-                    "batchSize": 4,
-                    "gradientAccumulationSteps": 1,
-                    "learningRate": 0.003,
-                    "warmupRatio": 0.0,
-                    "maxSeqLength": 256,
-                    "packing": True,
-                },
-                "evaluation": {"minImprovement": 0.01},
-                "resources": {"gpusPerNode": 1, "cpu": "1", "memory": "4Gi", **ON_LOCAL_NODE},
-                "adapter": {"name": "facts"},
-            },
-        },
-        namespace=ns,
-    )
-    ftj = wait_for(
-        lambda: (
-            (o := kube.get("finetunejob", "facts", "-n", ns)).get("status", {}).get("phase")
-            in ("Succeeded", "Failed")
-            and o
-        ),
-        timeout=900,
-        what="FineTuneJob facts to finish training on the local node",
-        interval=2,
-    )
+    store = workloads.model_store(kube, ns, base_model_dir, tmp_path_factory.mktemp("model-store"))
+    # A short run that still moves the adapter well away from the base model.
+    ftj = workloads.train(kube, ns, workloads.finetunejob("facts", "facts"))
     pods = kube.get("pods", "-n", ns, "-l", "job-name=facts-train")["items"]
     yield {"namespace": ns, "store": store, "ftj": ftj, "pods": pods}
     kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -46,3 +46,16 @@ def trainer_channel(kube: Kube, namespace: str, tmp_path: Path) -> tuple[Progres
 
 def progress_data(kube: Kube, namespace: str) -> dict[str, str]:
     return kube.get("configmap", contract.progress_map_name("chan"), "-n", namespace).get("data") or {}
+
+
+@pytest.fixture(scope="module")
+def crds(kube: Kube) -> None:
+    """loraforge's CRDs installed and established."""
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kube.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "crd/finetunejobs.loraforge.io",
+        "crd/modeldeployments.loraforge.io",
+        "--timeout=60s",
+    )

@@ -15,12 +15,6 @@ from tests.kube import Kube, wait_for
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def crds(kube: Kube) -> None:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kube.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.loraforge.io", "--timeout=60s")
-
-
 def _ftj(name: str, spec: dict) -> str:
     return json.dumps(
         {

@@ -18,10 +18,13 @@ import yaml
 
 from . import api
 from .finetunejob.model import MUTABLE_AFTER_START, FineTuneJobSpec, FineTuneJobStatus
+from .modeldeployment.model import ModelDeploymentSpec, ModelDeploymentStatus
 from .schema import cel, structural_schema
 
 # `<name>-train-<index>` (an Indexed Job's pod hostname) must fit a DNS label.
 MAX_NAME_LENGTH = 52
+# A Deployment's pods are named <name>-<10-char hash>-<5 chars>; labels hold the name (63).
+MAX_MD_NAME_LENGTH = 47
 
 
 def _frozen_after_start_rule(spec_model: type, mutable: tuple[str, ...]) -> dict[str, str]:
@@ -130,9 +133,94 @@ def finetunejob_crd() -> dict[str, Any]:
     }
 
 
+def modeldeployment_crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"modeldeployments.{api.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "loraforge"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": "ModelDeployment",
+                "listKind": "ModelDeploymentList",
+                "plural": "modeldeployments",
+                "singular": "modeldeployment",
+                "shortNames": ["md"],
+                "categories": [api.CATEGORY],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {
+                        "status": {},
+                        # `kubectl scale md` (without autoscaling) and what an HPA could target.
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                        },
+                    },
+                    "additionalPrinterColumns": [
+                        {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+                        {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+                        {
+                            "name": "Serving",
+                            "type": "string",
+                            "jsonPath": ".status.serving[*].revision",
+                            "description": "Adapter revisions every replica serves",
+                        },
+                        {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
+                        {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "A ModelDeployment serves a base model and LoRA adapters with "
+                                "text-generation-inference, autoscaled, and rolls every replica to each "
+                                "newly promoted adapter revision without downtime: new pods are "
+                                "smoke-tested with the adapter before old ones go, and a revision that "
+                                "fails is rolled back by itself."
+                            ),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": "API version: loraforge.io/v1alpha1.",
+                                },
+                                "kind": {"type": "string", "description": "ModelDeployment."},
+                                "metadata": {"type": "object"},
+                                "spec": structural_schema(ModelDeploymentSpec),
+                                "status": structural_schema(ModelDeploymentStatus),
+                            },
+                            "x-kubernetes-validations": [
+                                cel(
+                                    f"size(self.metadata.name) <= {MAX_MD_NAME_LENGTH}",
+                                    f"metadata.name may be at most {MAX_MD_NAME_LENGTH} characters: the "
+                                    "Deployment, Service and autoscaler are named after it",
+                                ),
+                            ],
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD."""
-    return {"finetunejobs.loraforge.io.yaml": finetunejob_crd()}
+    return {
+        "finetunejobs.loraforge.io.yaml": finetunejob_crd(),
+        "modeldeployments.loraforge.io.yaml": modeldeployment_crd(),
+    }
 
 
 def reference_markdown(crd: dict[str, Any]) -> str:

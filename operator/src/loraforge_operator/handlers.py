@@ -24,7 +24,8 @@ from prometheus_client import start_http_server
 from . import api, metrics
 from .finetunejob.reconcile import ChildKey, Key, Reconciler
 from .kube import Kube
-from .settings import LABEL_FINETUNEJOB, Settings
+from .modeldeployment.reconcile import ModelDeploymentReconciler
+from .settings import LABEL_FINETUNEJOB, LABEL_MODELDEPLOYMENT, Settings
 
 log = logging.getLogger("loraforge")
 
@@ -39,6 +40,28 @@ CHILD_KINDS = [
     ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     ("batch", "v1", "jobs", "Job"),
 ]
+
+
+MD = (api.GROUP, api.VERSION, "modeldeployments")
+MD_OWNED = {LABEL_MODELDEPLOYMENT: kopf.PRESENT}
+MD_CHILD_KINDS = [
+    ("apps", "v1", "deployments", "Deployment"),
+    ("", "v1", "services", "Service"),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+]
+# While a rollout runs, look again this often even without events (its deadline).
+ROLLOUT_RECHECK_SECONDS = 10.0
+
+
+class MDState:
+    """Per-ModelDeployment bookkeeping, as State is for FineTuneJobs."""
+
+    reconciler: ModelDeploymentReconciler | None = None
+    running: set[Key] = set()  # noqa: RUF012
+    dirty: set[Key] = set()  # noqa: RUF012
+    backoff: dict[Key, float] = {}  # noqa: RUF012
+    timers: dict[Key, asyncio.Task] = {}  # noqa: RUF012
 
 
 class State:
@@ -73,6 +96,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         start_http_server(cfg.metrics_port)
     kube = await Kube.connect(cfg.field_manager)
     State.reconciler = Reconciler(kube=kube, settings=cfg, post_event=_post_event)
+    MDState.reconciler = ModelDeploymentReconciler(kube=kube, settings=cfg, post_event=_post_event)
     log.info("loraforge operator started (trainer image %s)", cfg.trainer_image)
 
 
@@ -210,7 +234,11 @@ def _refresh_phase_gauge() -> None:
 
 
 def _all_indexes(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in kwargs.items() if k == "finetunejobs" or k.startswith("owned_")}
+    return {
+        k: v
+        for k, v in kwargs.items()
+        if k in ("finetunejobs", "modeldeployments", "md_pods") or k.startswith(("owned_", "md_owned_"))
+    }
 
 
 @kopf.on.event(*FTJ)
@@ -224,7 +252,11 @@ async def finetunejob_event(
             State.reconciler.forget(key)
         _refresh_phase_gauge()
         return
-    await _reconcile(key, _all_indexes(kwargs), logger)
+    indexes = _all_indexes(kwargs)
+    await _reconcile(key, indexes, logger)
+    # A FineTuneJob that published (or failed) may change what deployments in its namespace serve.
+    for md_key in [k for k in indexes["modeldeployments"] if k[0] == namespace]:
+        await _reconcile_md(md_key, indexes, logger)
 
 
 async def _child_event(type: str, namespace: str, labels: kopf.Labels, logger: logging.Logger, **kwargs: Any):
@@ -233,3 +265,126 @@ async def _child_event(type: str, namespace: str, labels: kopf.Labels, logger: l
 
 for _group, _version, _plural, _kind in [*CHILD_KINDS, ("", "v1", "pods", "Pod")]:
     kopf.on.event(_group, _version, _plural, labels=OWNED, id=f"child_{_plural}")(_child_event)
+
+
+# --- ModelDeployments ------------------------------------------------------------------
+
+
+@kopf.index(*MD)
+async def modeldeployments(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace, name): _trimmed(body)}
+
+
+def _md_child_indexer(kind: str):
+    async def index(namespace: str, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any):
+        return {(namespace, labels[LABEL_MODELDEPLOYMENT]): (kind, name, _trimmed(body))}
+
+    return index
+
+
+for _group, _version, _plural, _kind in MD_CHILD_KINDS:
+    kopf.index(_group, _version, _plural, labels=MD_OWNED, id=f"md_owned_{_plural}")(_md_child_indexer(_kind))
+
+
+@kopf.index("", "v1", "pods", labels=MD_OWNED, id="md_pods")
+async def md_pods(namespace: str, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any):
+    """Serving pods: what the smoke tests and the rollout need (template revisions, IP, conditions)."""
+    meta = body.get("metadata") or {}
+    return {
+        (namespace, labels[LABEL_MODELDEPLOYMENT]): {
+            "metadata": {
+                "name": name,
+                "uid": meta.get("uid"),
+                "annotations": dict(meta.get("annotations") or {}),
+                "deletionTimestamp": meta.get("deletionTimestamp"),
+            },
+            "status": dict(body.get("status") or {}),
+        }
+    }
+
+
+def _namespace_finetunejobs(ns: str, indexes: dict[str, Any]) -> list[dict[str, Any]]:
+    return [b for (n, _), store in indexes["finetunejobs"].items() if n == ns for b in store]
+
+
+async def _reconcile_md(key: Key, indexes: dict[str, Any], logger: logging.Logger) -> None:
+    reconciler = MDState.reconciler
+    if reconciler is None:
+        raise kopf.TemporaryError("the operator is still starting", delay=1)
+    if key in MDState.running:
+        MDState.dirty.add(key)
+        return
+    MDState.running.add(key)
+    try:
+        while True:
+            MDState.dirty.discard(key)
+            await _reconcile_md_once(reconciler, key, indexes, logger)
+            if key not in MDState.dirty:
+                break
+    finally:
+        MDState.running.discard(key)
+
+
+async def _reconcile_md_once(
+    reconciler: ModelDeploymentReconciler, key: Key, indexes: dict[str, Any], logger: logging.Logger
+) -> None:
+    bodies = list(indexes["modeldeployments"].get(key, []))
+    if not bodies or bodies[0]["metadata"].get("deletionTimestamp"):
+        return
+    observed: dict[ChildKey, dict[str, Any]] = {}
+    for _, _, plural, _ in MD_CHILD_KINDS:
+        for kind, name, body in indexes[f"md_owned_{plural}"].get(key, []):
+            observed[(kind, key[0], name)] = body
+    pods = list(indexes["md_pods"].get(key, []))
+    started = time.monotonic()
+    try:
+        status = await reconciler.reconcile(
+            bodies[0], observed, pods, _namespace_finetunejobs(key[0], indexes)
+        )
+    except Exception as e:
+        metrics.RECONCILES.labels(kind="ModelDeployment", result="error").inc()
+        delay = min(MDState.backoff.get(key, 0.5) * 2, 60.0)
+        MDState.backoff[key] = delay
+        logger.warning("reconcile of ModelDeployment %s/%s failed (%s); retrying in %.0fs", *key, e, delay)
+        _recheck_md(key, indexes, logger, delay)
+        return
+    finally:
+        metrics.RECONCILE_SECONDS.labels(kind="ModelDeployment").observe(time.monotonic() - started)
+    metrics.RECONCILES.labels(kind="ModelDeployment", result="ok").inc()
+    MDState.backoff.pop(key, None)
+    if (status.get("rollout") or {}).get("phase") == "Progressing":
+        _recheck_md(key, indexes, logger, ROLLOUT_RECHECK_SECONDS)
+
+
+def _recheck_md(key: Key, indexes: dict[str, Any], logger: logging.Logger, delay: float) -> None:
+    """Reconcile again after ``delay`` (a rollout's deadline, or a retry); one pending timer per key."""
+    pending = MDState.timers.get(key)
+    if pending is not None and not pending.done():
+        return
+
+    async def later() -> None:
+        await asyncio.sleep(delay)
+        MDState.timers.pop(key, None)
+        await _reconcile_md(key, indexes, logger)
+
+    MDState.timers[key] = asyncio.get_running_loop().create_task(later())
+
+
+@kopf.on.event(*MD)
+async def modeldeployment_event(
+    type: str, namespace: str, name: str, logger: logging.Logger, **kwargs: Any
+) -> None:
+    key = (namespace, name)
+    if type == "DELETED":
+        if MDState.reconciler is not None:
+            MDState.reconciler.forget(key)
+        return
+    await _reconcile_md(key, _all_indexes(kwargs), logger)
+
+
+async def _md_child_event(namespace: str, labels: kopf.Labels, logger: logging.Logger, **kwargs: Any):
+    await _reconcile_md((namespace, labels[LABEL_MODELDEPLOYMENT]), _all_indexes(kwargs), logger)
+
+
+for _group, _version, _plural, _kind in [*MD_CHILD_KINDS, ("", "v1", "pods", "Pod")]:
+    kopf.on.event(_group, _version, _plural, labels=MD_OWNED, id=f"md_child_{_plural}")(_md_child_event)

@@ -28,6 +28,11 @@ _PLURAL = {
     "RoleBinding": "rolebindings",
     "Job": "jobs",
     "FineTuneJob": "finetunejobs",
+    "Deployment": "deployments",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "ModelDeployment": "modeldeployments",
+    "Pod": "pods",
 }
 
 
@@ -95,6 +100,18 @@ class Kube:
             body={"status": status},
             query=[("fieldManager", self.field_manager)],
             content_type="application/merge-patch+json",
+        )
+
+    async def set_pod_condition(self, namespace: str, name: str, condition: dict[str, Any]) -> None:
+        """Set one condition on a pod's status (a readiness gate). Strategic merge by `type`, so the
+        kubelet's conditions are left alone."""
+        metrics.API_WRITES.labels(verb="patch-status", kind="Pod").inc()
+        await self._call(
+            "PATCH",
+            _path("v1", "Pod", namespace, name) + "/status",
+            body={"status": {"conditions": [condition]}},
+            query=[("fieldManager", self.field_manager)],
+            content_type="application/strategic-merge-patch+json",
         )
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:

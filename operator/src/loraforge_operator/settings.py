@@ -17,6 +17,12 @@ class Settings:
     image_pull_policy: str = "IfNotPresent"
     # UID/GID the trainer image runs as (numeric: runAsNonRoot can verify it).
     trainer_uid: int = 1000
+    # Default serving image of ModelDeployments (TGI, mirrored into the private registry by the chart).
+    tgi_image: str = "ghcr.io/huggingface/text-generation-inference:3.3.6"
+    # UID/GID the serving pods run as (numeric, non-root).
+    serving_uid: int = 1000
+    # Seconds a smoke test of one adapter on one pod may take.
+    smoke_test_timeout: float = 120.0
     # Server-side apply field manager of everything the operator writes.
     field_manager: str = "loraforge-operator"
     # Port of the Prometheus /metrics endpoint (0 disables it).
@@ -34,6 +40,9 @@ class Settings:
             trainer_image=e.get("LORAFORGE_TRAINER_IMAGE", d.trainer_image),
             image_pull_policy=e.get("LORAFORGE_IMAGE_PULL_POLICY", d.image_pull_policy),
             trainer_uid=int(e.get("LORAFORGE_TRAINER_UID", d.trainer_uid)),
+            tgi_image=e.get("LORAFORGE_TGI_IMAGE", d.tgi_image),
+            serving_uid=int(e.get("LORAFORGE_SERVING_UID", d.serving_uid)),
+            smoke_test_timeout=float(e.get("LORAFORGE_SMOKE_TEST_TIMEOUT", d.smoke_test_timeout)),
             field_manager=e.get("LORAFORGE_FIELD_MANAGER", d.field_manager),
             metrics_port=int(e.get("LORAFORGE_METRICS_PORT", d.metrics_port)),
             rendezvous_port=int(e.get("LORAFORGE_RENDEZVOUS_PORT", d.rendezvous_port)),
@@ -43,6 +52,7 @@ class Settings:
 
 # Labels the operator puts on everything it creates.
 LABEL_FINETUNEJOB = f"{api.GROUP}/finetunejob"
+LABEL_MODELDEPLOYMENT = f"{api.GROUP}/modeldeployment"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "loraforge-operator"

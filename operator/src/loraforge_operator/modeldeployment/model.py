@@ -1,0 +1,422 @@
+"""The ModelDeployment API (loraforge.io/v1alpha1): spec and status.
+
+A ModelDeployment serves a base model and LoRA adapters with a serving runtime
+(TGI), autoscaled, and rolls every replica to each newly promoted adapter
+revision, verifying the new pods before old ones go and rolling back by
+itself when they fail. Same conventions as the FineTuneJob API: descriptions
+are `kubectl explain` text, cross-field rules are CEL on the CRD and repeated
+here in validators.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from ..conditions import Condition
+from ..finetunejob.model import (
+    DNS_LABEL,
+    BaseModelSource,
+    ModelStore,
+    Quantity,
+    RelativePath,
+    Toleration,
+)
+from ..schema import ApiModel, cel, cel_rules
+
+REVISION = r"^v[0-9]+$"
+DEFAULT_TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
+
+
+class SmokeTest(ApiModel):
+    """What a new pod must answer with this adapter before it may take traffic. Runs with huggingface_hub's
+    InferenceClient against each new pod, with `adapter_id` set to the adapter's name."""
+
+    prompt: Annotated[str, Field(min_length=1, max_length=4096)] = "Hello"
+    """Prompt sent with the adapter (raw text; use `chat: true` for the model's chat template)."""
+
+    chat: bool = True
+    """Send the prompt as one user turn through the chat completions API (the model's chat template), the
+    way most adapters are trained."""
+
+    max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 32
+    """Tokens to generate (greedy)."""
+
+    must_contain: Annotated[str, Field(max_length=1024)] | None = None
+    """The answer must contain this text (case-insensitive)."""
+
+    must_match: Annotated[str, Field(max_length=1024)] | None = None
+    """The answer must match this regular expression (Python syntax, searched anywhere)."""
+
+    differs_from_base: bool = False
+    """The answer must differ from the base model's answer to the same prompt: proves the adapter is applied
+    (TGI answers with the base model when an adapter is missing)."""
+
+
+class AdapterSource(ApiModel):
+    """Where an adapter's weights come from. Exactly one of `adapter`, `fineTuneJob` or `path`."""
+
+    model_config = cel_rules(
+        cel(
+            "(has(self.adapter) ? 1 : 0) + (has(self.fineTuneJob) ? 1 : 0) + (has(self.path) ? 1 : 0) == 1",
+            "set exactly one of from.adapter, from.fineTuneJob or from.path",
+        ),
+        cel(
+            "!has(self.revision) || has(self.adapter)",
+            "from.revision pins a revision of from.adapter",
+            field_path=".revision",
+        ),
+    )
+
+    adapter: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] | None = None
+    """Follow an adapter lineage: the newest promoted revision that FineTuneJobs in this namespace published
+    under this adapter name (`spec.adapter.name`). A new revision rolls out by itself."""
+
+    revision: Annotated[str, Field(pattern=REVISION, max_length=16)] | None = None
+    """With `adapter`: serve this revision instead of following the newest (pin; also how a revision is
+    approved under `promotion.policy: Manual`, and how to pin back to an earlier one)."""
+
+    fine_tune_job: Annotated[str, Field(pattern=DNS_LABEL, max_length=253)] | None = None
+    """Serve exactly the revision this FineTuneJob published."""
+
+    path: RelativePath | None = None
+    """A peft adapter folder in the model store, e.g. `adapters/team/support/v3`. Not checked against a
+    FineTuneJob (no base-model or evaluation check)."""
+
+    @model_validator(mode="after")
+    def _one(self) -> AdapterSource:
+        if sum(x is not None for x in (self.adapter, self.fine_tune_job, self.path)) != 1:
+            raise ValueError("set exactly one of from.adapter, from.fineTuneJob or from.path")
+        if self.revision is not None and self.adapter is None:
+            raise ValueError("from.revision pins a revision of from.adapter")
+        return self
+
+
+class ServedAdapter(ApiModel):
+    """One adapter the deployment serves."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+    """The name clients select it by: TGI's `adapter_id`, or `model` in chat completions."""
+
+    from_: AdapterSource = Field(alias="from")
+    """Where its weights come from."""
+
+    smoke_test: SmokeTest | None = None
+    """What each new pod must answer with this adapter. Without one, a generation with the adapter must
+    succeed."""
+
+
+class TGISettings(ApiModel):
+    """text-generation-inference settings."""
+
+    image: Annotated[str, Field(max_length=512)] | None = None
+    """TGI image, mirrored into your registry. Default: the operator's setting (the chart's values)."""
+
+    quantize: Literal["bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "eetq", "fp8"] | None = None
+    """Quantization of the base model weights at load time (TGI `--quantize`)."""
+
+    max_input_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = 2048
+    """Longest prompt accepted (TGI `--max-input-tokens`)."""
+
+    max_total_tokens: Annotated[int, Field(ge=2, le=1_048_576)] = 4096
+    """Prompt plus generated tokens per request (TGI `--max-total-tokens`)."""
+
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] | None = None
+    """Most requests batched together (TGI `--max-batch-size`)."""
+
+    max_concurrent_requests: Annotated[int, Field(ge=1, le=100_000)] = 128
+    """Requests held at once before new ones are refused with 429 (TGI `--max-concurrent-requests`)."""
+
+    num_shard: Annotated[int, Field(ge=1, le=16)] | None = None
+    """Tensor-parallel shards; default one per GPU of the pod."""
+
+
+class Runtime(ApiModel):
+    """The serving runtime. TGI is the one runtime today."""
+
+    tgi: TGISettings = Field(default_factory=TGISettings)
+    """text-generation-inference settings."""
+
+
+class ServingResources(ApiModel):
+    """Resources and placement of each serving pod."""
+
+    gpus: Annotated[int, Field(ge=0, le=16)] = 1
+    """GPUs per pod."""
+
+    gpu_resource_name: Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$")] = (
+        "nvidia.com/gpu"
+    )
+    """Extended resource that counts GPUs on your nodes."""
+
+    cpu: Quantity = "2"
+    """CPU request per pod."""
+
+    memory: Quantity = "16Gi"
+    """Memory request and limit per pod."""
+
+    shm_size: Quantity = "1Gi"
+    """Size of /dev/shm (NCCL between shards needs more than the 64Mi default)."""
+
+    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] = Field(
+        default_factory=dict
+    )
+    """Labels a node must have to run serving pods."""
+
+    tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(
+        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
+    )
+    """Tolerations of the serving pods. The default tolerates the usual `nvidia.com/gpu` taint."""
+
+    priority_class_name: Annotated[str, Field(max_length=253, pattern=DNS_LABEL)] | None = None
+    """PriorityClass of the serving pods."""
+
+
+class ScalingBehavior(ApiModel):
+    """How fast the HorizontalPodAutoscaler may scale."""
+
+    scale_up_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 0
+    """Look-back window before scaling up."""
+
+    scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 300
+    """Look-back window before scaling down (keeps replicas through short lulls)."""
+
+    scale_down_pods_per_minute: Annotated[int, Field(ge=1, le=1000)] = 1
+    """At most this many pods removed per minute."""
+
+
+class Autoscaling(ApiModel):
+    """An autoscaling/v2 HorizontalPodAutoscaler for the serving Deployment. Set at least one target."""
+
+    model_config = cel_rules(
+        cel("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= maxReplicas"),
+        cel(
+            "has(self.queueSizeTarget) || has(self.cpuUtilization)",
+            "set autoscaling.queueSizeTarget, autoscaling.cpuUtilization, or both",
+        ),
+    )
+
+    min_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Fewest replicas."""
+
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 4
+    """Most replicas."""
+
+    queue_size_target: Annotated[Quantity, Field()] | None = None
+    """Target average of TGI's `tgi_queue_size` per pod (requests waiting), as a Pods metric; needs a custom
+    metrics adapter (e.g. prometheus-adapter) exposing it."""
+
+    cpu_utilization: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """Target average CPU utilization in percent of the request (needs metrics-server)."""
+
+    behavior: ScalingBehavior = Field(default_factory=ScalingBehavior)
+    """Scaling speed."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must be <= maxReplicas")
+        if self.queue_size_target is None and self.cpu_utilization is None:
+            raise ValueError("set autoscaling.queueSizeTarget, autoscaling.cpuUtilization, or both")
+        return self
+
+
+class Rollout(ApiModel):
+    """How a new adapter revision reaches every replica."""
+
+    max_surge: Annotated[int, Field(ge=0, le=100)] = 1
+    """Extra pods started during a rollout (each needs its GPUs). Old pods go only after new ones passed
+    their smoke tests (maxUnavailable 0), so serving capacity never drops."""
+
+    no_surge_fallback: bool = False
+    """Opt-in for clusters with no room to surge (GPU quota or full nodes): roll with maxSurge 0 and
+    maxUnavailable 1 instead, replacing one pod at a time. Capacity drops by one pod during the rollout;
+    with a single replica, requests fail while it restarts."""
+
+    progress_deadline_seconds: Annotated[int, Field(ge=30, le=86_400)] = 900
+    """A rollout that has not finished after this long is rolled back (model loading included)."""
+
+    history_limit: Annotated[int, Field(ge=1, le=50)] = 5
+    """Rollouts kept in `status.history`."""
+
+
+class Promotion(ApiModel):
+    """Which revisions of a followed adapter (`from.adapter`) are served."""
+
+    policy: Literal["Automatic", "Manual"] = "Automatic"
+    """`Automatic`: the newest revision whose FineTuneJob succeeded and passed its evaluation gate.
+    `Manual`: only a revision pinned in `from.revision`; a newer passing one is shown in
+    `status.adapters[].available` and the `PromotionPending` condition until you pin it."""
+
+
+class ServiceSettings(ApiModel):
+    """The Service in front of the serving pods."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """Service type."""
+
+    port: Annotated[int, Field(ge=1, le=65535)] = 80
+    """Port the Service listens on (TGI listens on 8080 in the pod)."""
+
+    annotations: Annotated[dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=64)] = Field(
+        default_factory=dict
+    )
+    """Annotations for the Service (e.g. for an internal load balancer)."""
+
+
+class ModelDeploymentSpec(ApiModel):
+    """Desired state of a ModelDeployment."""
+
+    model_config = cel_rules(
+        cel(
+            "!has(self.autoscaling) || !has(self.replicas)",
+            "set either replicas or autoscaling, not both",
+        ),
+    )
+
+    base_model: BaseModelSource
+    """The base model the adapters were trained on, from the model store."""
+
+    model_store: ModelStore = Field(default_factory=ModelStore)
+    """The PersistentVolumeClaim holding the base model and the adapters (mounted read-only)."""
+
+    adapters: Annotated[list[ServedAdapter], Field(min_length=1, max_length=64)] = Field(
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+    )
+    """The adapters served, each by the name clients select it with."""
+
+    runtime: Runtime = Field(default_factory=Runtime)
+    """Serving runtime settings."""
+
+    resources: ServingResources = Field(default_factory=ServingResources)
+    """Resources and placement of each pod."""
+
+    replicas: Annotated[int, Field(ge=0, le=1000)] | None = None
+    """Fixed number of replicas (default 1) when `autoscaling` is not set."""
+
+    autoscaling: Autoscaling | None = None
+    """Scale with a HorizontalPodAutoscaler instead of a fixed count."""
+
+    rollout: Rollout = Field(default_factory=Rollout)
+    """Rolling updates to new adapter revisions."""
+
+    promotion: Promotion = Field(default_factory=Promotion)
+    """Which revisions are served."""
+
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    """The Service."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelDeploymentSpec:
+        if self.autoscaling is not None and self.replicas is not None:
+            raise ValueError("set either replicas or autoscaling, not both")
+        return self
+
+
+class ServingRevision(ApiModel):
+    """An adapter revision as served."""
+
+    name: str
+    """The adapter's name (its `adapter_id`)."""
+
+    revision: str = ""
+    """Revision (`v3`); empty for a `from.path` adapter."""
+
+    path: str
+    """Folder in the model store."""
+
+    digest: str = ""
+    """sha256 of the weights, from the FineTuneJob that published it."""
+
+    fine_tune_job: str = ""
+    """The FineTuneJob that published it."""
+
+
+class AdapterStatus(ApiModel):
+    """What is known of one adapter."""
+
+    name: str
+    """The adapter's name."""
+
+    serving: str = ""
+    """Revision every replica serves (empty until the first rollout completes)."""
+
+    available: str = ""
+    """Newest promotable revision (under Manual promotion: waiting for approval)."""
+
+    rejected: Annotated[list[str], Field(max_length=64)] = Field(default_factory=list)
+    """Revisions rolled back because they failed; never rolled out again by following (pin to retry)."""
+
+
+class RolloutRecord(ApiModel):
+    """One rollout: the adapter revisions it moved to, and how it ended."""
+
+    revisions: dict[str, str] = Field(default_factory=dict)
+    """Adapter name -> revision (or path) it rolls to."""
+
+    previous: dict[str, str] = Field(default_factory=dict)
+    """Adapter name -> what was served before."""
+
+    phase: Literal["Progressing", "Complete", "RolledBack", "Failed"]
+    """Progressing, Complete, RolledBack (it failed and the previous revisions were restored) or Failed (a
+    first rollout that failed, with nothing to go back to)."""
+
+    reason: str = ""
+    """CamelCase cause, e.g. SmokeTestFailed or ProgressDeadlineExceeded."""
+
+    message: str = ""
+    """Detail."""
+
+    start_time: str
+    """When it started (RFC 3339)."""
+
+    completion_time: str | None = None
+    """When it ended (RFC 3339)."""
+
+    generation: Annotated[int, Field(ge=0)] = 0
+    """The ModelDeployment's `.metadata.generation` when it started. A rolled-back set of revisions is not
+    tried again until the spec changes."""
+
+    adapters: Annotated[list[ServingRevision], Field(max_length=64)] = Field(default_factory=list)
+    """The adapter revisions it rolls to, in full."""
+
+
+class ModelDeploymentStatus(ApiModel):
+    """Observed state of a ModelDeployment, written by the operator."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The `.metadata.generation` the status reflects."""
+
+    phase: Literal["Pending", "Progressing", "Ready", "Degraded"] | None = None
+    """Summary for `kubectl get`; automation should read `conditions`."""
+
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Ready, Progressing, Degraded, RolledBack and PromotionPending, each with a reason and a message."""
+
+    replicas: Annotated[int, Field(ge=0)] = 0
+    """Desired replicas (the Deployment's, so the HPA's choice)."""
+
+    ready_replicas: Annotated[int, Field(ge=0)] = 0
+    """Replicas ready to serve (their smoke tests passed)."""
+
+    serving: Annotated[list[ServingRevision], Field(max_length=64)] = Field(default_factory=list)
+    """The adapter revisions every replica serves."""
+
+    adapters: Annotated[list[AdapterStatus], Field(max_length=64)] = Field(default_factory=list)
+    """Per adapter: serving, available and rejected revisions."""
+
+    rollout: RolloutRecord | None = None
+    """The current or last rollout."""
+
+    history: Annotated[list[RolloutRecord], Field(max_length=50)] = Field(default_factory=list)
+    """Earlier rollouts, newest first (up to `rollout.historyLimit`): what to pin back to."""
+
+    endpoint: str = ""
+    """In-cluster URL of the Service (TGI's API; use it as InferenceClient's base URL)."""
+
+    deployment_name: str = ""
+    """Name of the Deployment."""

@@ -1,0 +1,302 @@
+"""The rollout state machine of one ModelDeployment. Pure: from the spec, the
+resolved revisions, the last status and what is observed (Deployment and
+pods), it decides which revisions the Deployment's template carries and
+computes the new status and the events to post.
+
+A rollout starts when the revisions to serve differ from the template's; it
+completes when every replica runs the new template and is Ready (Ready needs
+the smoke-test readiness gate); it is rolled back (template restored to the
+revisions every replica served before, the new ones marked rejected) when a
+new pod fails its smoke test, keeps crashing, or the deadline passes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..conditions import merge_conditions
+from . import builders
+from .model import ModelDeploymentSpec, ServingRevision
+from .resolve import Resolution
+
+CRASH_RESTARTS = 3  # restarts of a new pod's container that count as a failed rollout
+FAILING_WAIT_REASONS = {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError"}
+
+
+@dataclass
+class Observed:
+    generation: int
+    deployment: dict[str, Any] | None
+    pods: list[dict[str, Any]]
+    now: dt.datetime
+
+
+@dataclass
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    template: dict[str, ServingRevision] | None  # revisions for the Deployment; None: create nothing
+    status: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+
+
+def _parse_time(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def _fmt(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _describe(revisions: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(revisions.items())) or "nothing"
+
+
+def pod_template_key(pod: dict[str, Any]) -> dict[str, str] | None:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return builders.decode_revisions(annotations.get(builders.REVISIONS_ANNOTATION))
+
+
+def pod_condition(pod: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    return next(
+        (c for c in (pod.get("status") or {}).get("conditions") or [] if c.get("type") == ctype), None
+    )
+
+
+def _failing(pod: dict[str, Any]) -> str | None:
+    """Why a new pod counts as failed, if it does."""
+    gate = pod_condition(pod, builders.VERIFIED_CONDITION)
+    if gate and gate.get("status") == "False":
+        return f"pod {pod['metadata']['name']}: {gate.get('message') or 'smoke test failed'}"
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if cs.get("restartCount", 0) >= CRASH_RESTARTS or waiting.get("reason") in FAILING_WAIT_REASONS:
+            last = ((cs.get("lastState") or {}).get("terminated") or {}).get("message", "")
+            detail = waiting.get("message") or last or waiting.get("reason") or "restarting"
+            return f"pod {pod['metadata']['name']} container {cs.get('name')}: {detail}"[:1000]
+    return None
+
+
+def _complete(deployment: dict[str, Any] | None, key: dict[str, str]) -> bool:
+    if deployment is None:
+        return False
+    tmpl = (((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}).get(
+        "annotations"
+    ) or {}
+    if builders.decode_revisions(tmpl.get(builders.REVISIONS_ANNOTATION)) != key:
+        return False
+    st = deployment.get("status") or {}
+    want = (deployment.get("spec") or {}).get("replicas", 1)
+    return (
+        st.get("observedGeneration", 0) >= (deployment.get("metadata") or {}).get("generation", 0)
+        and st.get("updatedReplicas", 0) == want
+        and st.get("readyReplicas", 0) == want
+        and st.get("availableReplicas", 0) == want
+        and st.get("replicas", 0) == want
+    )
+
+
+def _serving_dict(status: dict[str, Any]) -> dict[str, ServingRevision]:
+    return {s["name"]: ServingRevision.model_validate(s) for s in status.get("serving") or []}
+
+
+def rejected_of(status: dict[str, Any]) -> dict[str, set[str]]:
+    return {a["name"]: set(a.get("rejected") or []) for a in status.get("adapters") or []}
+
+
+def compute(
+    spec: ModelDeploymentSpec,
+    old: dict[str, Any],
+    resolution: Resolution,
+    obs: Observed,
+    endpoint: str,
+    deployment_name: str,
+) -> Plan:
+    events: list[Event] = []
+    now = _fmt(obs.now)
+    serving = _serving_dict(old)
+    rejected = rejected_of(old)
+    rollout: dict[str, Any] | None = dict(old["rollout"]) if old.get("rollout") else None
+    history: list[dict[str, Any]] = list(old.get("history") or [])
+
+    # What to serve: the resolved revision, or (if it cannot be resolved) what is served now.
+    target: dict[str, ServingRevision] = {}
+    missing: list[str] = []
+    for a in spec.adapters:
+        rev = resolution.revisions.get(a.name) or serving.get(a.name)
+        if rev is None:
+            missing.append(a.name)
+        else:
+            target[a.name] = rev
+    target_key = builders.revisions_key(target)
+
+    def finish(phase: str, reason: str, message: str) -> None:
+        nonlocal rollout
+        assert rollout is not None
+        rollout = {**rollout, "phase": phase, "reason": reason, "message": message, "completionTime": now}
+        history.insert(0, rollout)
+
+    template: dict[str, ServingRevision] | None = None
+    if rollout is not None and rollout.get("phase") == "Progressing":
+        key = rollout.get("revisions") or {}
+        full = {r["name"]: ServingRevision.model_validate(r) for r in rollout.get("adapters") or []}
+        if builders.revisions_key(full) != key:
+            full = target  # a record without its revisions (written by an older operator)
+        new_pods = [
+            p for p in obs.pods if pod_template_key(p) == key and not p["metadata"].get("deletionTimestamp")
+        ]
+        failure = next((why for p in new_pods if (why := _failing(p))), None)
+        started = _parse_time(rollout["startTime"])
+        overdue = (obs.now - started).total_seconds() > spec.rollout.progress_deadline_seconds
+        if failure or overdue:
+            reason = (
+                "SmokeTestFailed"
+                if failure and "smoke" in failure.lower()
+                else ("PodsFailing" if failure else "ProgressDeadlineExceeded")
+            )
+            message = failure or (
+                f"not every replica ran {_describe(key)} and passed its smoke tests within "
+                f"{spec.rollout.progress_deadline_seconds}s"
+            )
+            changed = {n: v for n, v in key.items() if builders.revisions_key(serving).get(n) != v}
+            for name, value in changed.items():
+                rejected.setdefault(name, set()).add(value)
+            if serving:
+                template = serving
+                finish(
+                    "RolledBack",
+                    reason,
+                    f"{message}; rolled back to {_describe(builders.revisions_key(serving))}",
+                )
+                events.append(Event("Warning", "RolledBack", rollout["message"]))
+            else:
+                template = full
+                finish("Failed", reason, f"{message}; no earlier revisions to roll back to")
+                events.append(Event("Warning", "RolloutFailed", rollout["message"]))
+        elif _complete(obs.deployment, key):
+            template = full
+            serving = full
+            finish("Complete", "RolloutComplete", f"every replica serves {_describe(key)}")
+            events.append(Event("Normal", "RolloutComplete", rollout["message"]))
+        else:
+            template = full
+    if template is None:
+        last = history[0] if history else None
+        tried_and_failed = (
+            last is not None
+            and last.get("phase") in ("RolledBack", "Failed")
+            and last.get("revisions") == target_key
+            and last.get("generation") == obs.generation
+        )
+        serving_key = builders.revisions_key(serving)
+        if not missing and target_key != serving_key and not tried_and_failed:
+            template = target
+            rollout = {
+                "revisions": target_key,
+                "previous": serving_key,
+                "adapters": [r.model_dump(by_alias=True) for _, r in sorted(target.items())],
+                "phase": "Progressing",
+                "reason": "RolloutStarted",
+                "message": f"rolling to {_describe(target_key)} from {_describe(serving_key)}",
+                "startTime": now,
+                "generation": obs.generation,
+            }
+            events.append(Event("Normal", "RolloutStarted", rollout["message"]))
+        elif serving:
+            template = serving
+        elif not missing and obs.deployment is not None:
+            template = target  # a first rollout that failed: left as it is, for inspection
+        # else: nothing can be served yet; no Deployment rather than a broken one
+
+    # --- status ------------------------------------------------------------------
+    dep_status = (obs.deployment or {}).get("status") or {}
+    want = ((obs.deployment or {}).get("spec") or {}).get("replicas", 0) if obs.deployment else 0
+    ready_replicas = dep_status.get("readyReplicas", 0)
+    progressing = rollout is not None and rollout.get("phase") == "Progressing"
+    problems = {n: p for n, p in resolution.problems.items() if n not in resolution.pending}
+    first_problem = next(iter(problems.values()), None)
+    last_done = history[0] if history else None
+    rolled_back = last_done is not None and last_done.get("phase") in ("RolledBack", "Failed")
+
+    ready = bool(serving) and want > 0 and ready_replicas >= want
+    conds = [
+        {
+            "type": "Ready",
+            "status": "True" if ready else "False",
+            "reason": "AllReplicasReady"
+            if ready
+            else ("NoServingRevision" if not serving else "ReplicasNotReady"),
+            "message": f"{ready_replicas}/{want} replicas ready, serving "
+            f"{_describe(builders.revisions_key(serving))}",
+        },
+        {
+            "type": "Progressing",
+            "status": "True" if progressing else "False",
+            "reason": (rollout or {}).get("reason") or "NoRollout",
+            "message": (rollout or {}).get("message", ""),
+        },
+        {
+            "type": "Degraded",
+            "status": "True" if first_problem or (rolled_back and not progressing) else "False",
+            "reason": first_problem.reason
+            if first_problem
+            else ((last_done or {}).get("reason") if rolled_back and not progressing else "AsExpected"),
+            "message": "; ".join(f"{n}: {p.message}" for n, p in problems.items())
+            or ((last_done or {}).get("message", "") if rolled_back and not progressing else ""),
+        },
+        {
+            "type": "RolledBack",
+            "status": "True"
+            if rolled_back and last_done and last_done.get("phase") == "RolledBack"
+            else "False",
+            "reason": (last_done or {}).get("reason") or "NotRolledBack" if rolled_back else "NotRolledBack",
+            "message": (last_done or {}).get("message", "") if rolled_back else "",
+        },
+        {
+            "type": "PromotionPending",
+            "status": "True" if resolution.pending else "False",
+            "reason": "ApprovalRequired" if resolution.pending else "NothingPending",
+            "message": "; ".join(
+                f"{n}: {r} passed its gate; pin it in from.revision to serve it"
+                for n, r in sorted(resolution.pending.items())
+            ),
+        },
+    ]
+    for c in conds:
+        c["observedGeneration"] = obs.generation
+    phase = (
+        "Progressing"
+        if progressing
+        else ("Degraded" if conds[2]["status"] == "True" else ("Ready" if ready else "Pending"))
+    )
+    status: dict[str, Any] = {
+        "observedGeneration": obs.generation,
+        "phase": phase,
+        "conditions": merge_conditions(old.get("conditions") or [], conds, now),
+        "replicas": want,
+        "readyReplicas": ready_replicas,
+        "serving": [r.model_dump(by_alias=True) for _, r in sorted(serving.items())],
+        "adapters": [
+            {
+                "name": a.name,
+                "serving": (serving.get(a.name).revision or serving[a.name].path)
+                if a.name in serving
+                else "",
+                "available": resolution.available.get(a.name, ""),
+                "rejected": sorted(rejected.get(a.name, set()), key=lambda r: (len(r), r)),
+            }
+            for a in spec.adapters
+        ],
+        "rollout": rollout,
+        "history": history[: spec.rollout.history_limit],
+        "endpoint": endpoint,
+        "deploymentName": deployment_name if template is not None or obs.deployment is not None else "",
+    }
+    return Plan(template=template, status=status, events=events)

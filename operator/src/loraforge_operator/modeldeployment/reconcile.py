@@ -1,0 +1,218 @@
+"""Reconcile one ModelDeployment: resolve the adapter revisions, let the
+rollout state machine (``plan.py``) choose the Deployment's template, apply
+the children, smoke-test new pods (their readiness gate), write the status.
+Level-triggered; a pass with nothing to change writes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from .. import api
+from ..conditions import merge_conditions, now_rfc3339
+from ..finetunejob.reconcile import StatusWrite, WriteMemo, _rv, is_subset
+from ..kube import Kube
+from ..settings import Settings
+from . import builders, plan, resolve, runtime, smoke
+from .model import ModelDeploymentSpec
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+ChildKey = tuple[str, str, str]
+
+
+def _spec_error(e: ValidationError) -> str:
+    return "; ".join(f"spec.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())[
+        :2000
+    ]
+
+
+def needs_smoke_test(pod: dict[str, Any]) -> bool:
+    """Running, containers ready (the runtime is up), not yet judged by the operator."""
+    meta, st = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp") or not st.get("podIP") or st.get("phase") != "Running":
+        return False
+    containers = plan.pod_condition(pod, "ContainersReady")
+    return bool(containers and containers.get("status") == "True") and (
+        plan.pod_condition(pod, builders.VERIFIED_CONDITION) is None
+    )
+
+
+@dataclass
+class ModelDeploymentReconciler:
+    kube: Kube
+    settings: Settings
+    post_event: Callable[[dict[str, Any], str, str, str], None]
+    memo: WriteMemo = field(default_factory=WriteMemo)
+    status_writes: dict[Key, StatusWrite] = field(default_factory=dict)
+    # Pod uid -> {owner, condition}: the gate the operator decided (set again if a write was lost).
+    verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+
+    async def reconcile(
+        self,
+        body: dict[str, Any],
+        observed: dict[ChildKey, dict[str, Any]],
+        pods: list[dict[str, Any]],
+        finetunejobs: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        generation = int(meta.get("generation") or 0)
+        owner = builders.Owner(name=name, namespace=ns, uid=meta["uid"])
+        old_status = body.get("status") or {}
+        previous = self.status_writes.get((ns, name))
+        if previous is not None and _rv(body) in previous.stale_versions:
+            old_status = previous.status
+
+        try:
+            spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
+        except ValidationError as e:
+            new_status = self._invalid(old_status, generation, _spec_error(e))
+            await self._write_status(body, old_status, new_status, [])
+            return new_status
+
+        deployment = observed.get(("Deployment", ns, name))
+        serving = plan._serving_dict(old_status)
+        resolution = resolve.resolve(spec, finetunejobs, plan.rejected_of(old_status), serving)
+        obs = plan.Observed(generation=generation, deployment=deployment, pods=pods, now=self.clock())
+        p = plan.compute(spec, old_status, resolution, obs, builders.endpoint(owner, spec), name)
+        if p.template is not None:
+            for manifest in builders.children(owner, spec, self.settings, p.template):
+                await self._ensure(manifest, observed)
+        await self._verify(owner, spec, pods)
+        await self._write_status(body, old_status, p.status, p.events)
+        return p.status
+
+    def _invalid(self, old: dict[str, Any], generation: int, message: str) -> dict[str, Any]:
+        conds = [
+            {
+                "type": "Degraded",
+                "status": "True",
+                "reason": "SpecInvalid",
+                "message": message,
+                "observedGeneration": generation,
+            }
+        ]
+        kept = [c for c in old.get("conditions") or [] if c.get("type") != "Degraded"]
+        return {
+            **old,
+            "observedGeneration": generation,
+            "phase": "Degraded",
+            "conditions": kept + merge_conditions(old.get("conditions") or [], conds, now_rfc3339()),
+        }
+
+    async def _write_status(
+        self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any], events: list[plan.Event]
+    ) -> None:
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        if new == old:
+            return
+        updated = await self.kube.patch_status(api.API_VERSION, "ModelDeployment", ns, name, new)
+        previous = self.status_writes.get((ns, name))
+        stale = {_rv(body)}
+        if previous is not None and _rv(body) != previous.version:
+            stale |= previous.stale_versions | {previous.version}
+        self.status_writes[(ns, name)] = StatusWrite(new, _rv(updated), stale)
+        old_degraded = next((c for c in old.get("conditions") or [] if c["type"] == "Degraded"), {})
+        new_degraded = next((c for c in new.get("conditions") or [] if c["type"] == "Degraded"), {})
+        if new_degraded.get("status") == "True" and (
+            old_degraded.get("status") != "True" or old_degraded.get("reason") != new_degraded.get("reason")
+        ):
+            events = [*events, plan.Event("Warning", new_degraded["reason"], new_degraded.get("message", ""))]
+        for e in events:
+            self.post_event(body, e.type, e.reason, e.message)
+
+    async def _ensure(self, manifest: dict[str, Any], observed: dict[ChildKey, dict[str, Any]]) -> None:
+        meta = manifest["metadata"]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        current = observed.get(key)
+        if current is not None and is_subset(manifest, current):
+            self.memo.discard(key)
+            return
+        earlier = self.memo.answer_to(key, manifest, _rv(current))
+        if earlier is not None:
+            observed[key] = earlier
+            return
+        log.debug("applying %s %s/%s", *key)
+        applied = await self.kube.apply(manifest)
+        self.memo.sent(key, manifest, _rv(current), applied)
+        observed[key] = applied
+
+    async def _verify(
+        self, owner: builders.Owner, spec: ModelDeploymentSpec, pods: list[dict[str, Any]]
+    ) -> None:
+        """Smoke-test every pod that is up and not yet judged, concurrently; set its readiness gate."""
+        live = {p["metadata"].get("uid") for p in pods}
+        # Verdicts of this deployment's pods that are gone are dropped (memory stays bounded).
+        mine = {uid for uid, v in self.verdicts.items() if v.get("owner") == (owner.namespace, owner.name)}
+        for uid in mine - live:
+            del self.verdicts[uid]
+        todo = []
+        for pod in pods:
+            uid = pod["metadata"].get("uid")
+            known = self.verdicts.get(uid)
+            if known is not None:
+                gate = plan.pod_condition(pod, builders.VERIFIED_CONDITION)
+                if gate is None or gate.get("status") != known["condition"]["status"]:
+                    todo.append(
+                        self.kube.set_pod_condition(
+                            owner.namespace, pod["metadata"]["name"], known["condition"]
+                        )
+                    )
+            elif needs_smoke_test(pod):
+                todo.append(self._smoke(owner, spec, pod))
+        if todo:
+            await asyncio.gather(*todo)
+
+    async def _smoke(self, owner: builders.Owner, spec: ModelDeploymentSpec, pod: dict[str, Any]) -> None:
+        base_url = f"http://{pod['status']['podIP']}:{runtime.PORT}"
+        revisions = plan.pod_template_key(pod) or {}
+        results = []
+        for adapter in spec.adapters:
+            r = await asyncio.to_thread(
+                smoke.check, base_url, adapter.name, adapter.smoke_test, self.settings.smoke_test_timeout
+            )
+            results.append(r)
+            if not r.ok:
+                break
+        ok = all(r.ok for r in results)
+        described = ", ".join(f"{k}={v}" for k, v in sorted(revisions.items()))
+        message = (
+            f"smoke tests passed ({described})" if ok else next(r.message for r in results if not r.ok)
+        )[:1000]
+        condition = {
+            "type": builders.VERIFIED_CONDITION,
+            "status": "True" if ok else "False",
+            "reason": "SmokeTestPassed" if ok else "SmokeTestFailed",
+            "message": message,
+            "lastTransitionTime": now_rfc3339(),
+        }
+        self.verdicts[pod["metadata"]["uid"]] = {
+            "owner": (owner.namespace, owner.name),
+            "condition": condition,
+        }
+        await self.kube.set_pod_condition(owner.namespace, pod["metadata"]["name"], condition)
+        log.info("pod %s/%s: %s", owner.namespace, pod["metadata"]["name"], message)
+        if not ok:
+            self.post_event(
+                {
+                    "apiVersion": api.API_VERSION,
+                    "kind": "ModelDeployment",
+                    "metadata": {"name": owner.name, "namespace": owner.namespace, "uid": owner.uid},
+                },
+                "Warning",
+                "SmokeTestFailed",
+                f"pod {pod['metadata']['name']}: {message}",
+            )
+
+    def forget(self, key: Key) -> None:
+        self.status_writes.pop(key, None)

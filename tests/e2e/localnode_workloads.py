@@ -1,0 +1,79 @@
+"""Helpers for e2e tests whose pods really run on the local node: a model
+store on a host directory, and short real FineTuneJobs on SmolLM2."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from localcluster import storage
+from tests.kube import Kube, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+DATASET = REPO / "examples" / "datasets" / "fictional-facts"
+BASE_MODEL_PATH = "base/smollm2-135m-instruct"
+ON_LOCAL_NODE = {
+    "nodeSelector": {"loraforge.io/local-node": "true"},
+    "tolerations": [{"key": "loraforge.io/local-node", "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
+def model_store(kube: Kube, ns: str, base_model_dir: Path, folder: Path) -> Path:
+    """``folder`` as the namespace's model store: the base model (a symlink to the
+    staged copy; host paths are visible inside the local node's pods) and the
+    fictional-facts dataset, behind a bound `loraforge-model-store` claim."""
+    (folder / "base").mkdir()
+    (folder / BASE_MODEL_PATH).symlink_to(base_model_dir)
+    (folder / "datasets").mkdir()
+    shutil.copytree(DATASET, folder / "datasets" / "facts", ignore=shutil.ignore_patterns("*.py"))
+    folder.chmod(0o777)
+    kube.apply(storage.model_store(ns, host_path=str(folder)))
+    return folder
+
+
+def finetunejob(name: str, adapter: str, **training: Any) -> dict[str, Any]:
+    """A short real LoRA run on the local node (4 packed steps of 4 x 256 tokens by default)."""
+    evaluation = training.pop("evaluation", {"minImprovement": 0.01})
+    return {
+        "apiVersion": "loraforge.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"path": BASE_MODEL_PATH},
+            "dataset": {
+                "path": "datasets/facts/train.jsonl",
+                "validationPath": "datasets/facts/validation.jsonl",
+                "format": "chat",
+            },
+            "training": {
+                "maxSteps": 4,
+                "batchSize": 4,
+                "gradientAccumulationSteps": 1,
+                "learningRate": 0.003,
+                "warmupRatio": 0.0,
+                "maxSeqLength": 256,
+                "packing": True,
+                **training,
+            },
+            "evaluation": evaluation,
+            "resources": {"gpusPerNode": 1, "cpu": "1", "memory": "4Gi", **ON_LOCAL_NODE},
+            "adapter": {"name": adapter},
+        },
+    }
+
+
+def train(kube: Kube, ns: str, manifest: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    """Apply a FineTuneJob and wait until it ends; return it."""
+    name = manifest["metadata"]["name"]
+    kube.apply(manifest, namespace=ns)
+    return wait_for(
+        lambda: (
+            (o := kube.get("finetunejob", name, "-n", ns)).get("status", {}).get("phase")
+            in ("Succeeded", "Failed")
+            and o
+        ),
+        timeout=timeout,
+        what=f"FineTuneJob {name} to finish training on the local node",
+        interval=2,
+    )

@@ -1,0 +1,255 @@
+"""ModelDeployment: the API model's rules, the builders, which revisions are
+resolved from FineTuneJobs, and the rollout state machine (pure parts; the
+whole loop runs in tests/e2e/test_modeldeployment.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from loraforge_operator.modeldeployment import builders, plan, resolve, runtime
+from loraforge_operator.modeldeployment.model import ModelDeploymentSpec, ServingRevision
+from loraforge_operator.settings import Settings
+
+BASE = {"path": "base/smollm2"}
+NOW = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def spec(**extra: Any) -> ModelDeploymentSpec:
+    body = {"baseModel": BASE, "adapters": [{"name": "facts", "from": {"adapter": "facts"}}], **extra}
+    return ModelDeploymentSpec.model_validate(body)
+
+
+def ftj(name: str, revision: str | None, passed: bool = True, base: dict | None = None, phase="Succeeded"):
+    status: dict[str, Any] = {"phase": phase}
+    if revision:
+        status["adapter"] = {
+            "name": "facts",
+            "revision": revision,
+            "path": f"adapters/ns/facts/{revision}",
+            "digest": f"sha256:{revision}",
+            "evaluationPassed": passed,
+        }
+    return {
+        "metadata": {"name": name},
+        "spec": {"baseModel": base or BASE, "adapter": {"name": "facts"}},
+        "status": status,
+    }
+
+
+# --- the API model ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"adapters": [{"name": "a", "from": {"adapter": "a", "path": "x/y"}}]}, "exactly one of from"),
+        ({"adapters": [{"name": "a", "from": {"fineTuneJob": "f", "revision": "v2"}}]}, "pins a revision"),
+        ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2, "cpuUtilization": 80}}, "minReplicas must be"),
+        ({"autoscaling": {"maxReplicas": 2}}, "queueSizeTarget"),
+        ({"replicas": 2, "autoscaling": {"maxReplicas": 2, "cpuUtilization": 50}}, "either replicas"),
+        ({"adapters": []}, "at least 1"),
+    ],
+)
+def test_invalid_specs_are_refused_naming_the_rule(body: dict, message: str) -> None:
+    full = {"baseModel": BASE, "adapters": [{"name": "a", "from": {"adapter": "a"}}], **body}
+    with pytest.raises(ValidationError, match=message):
+        ModelDeploymentSpec.model_validate(full)
+
+
+# --- builders -------------------------------------------------------------------------------
+
+
+def test_deployment_serves_the_chosen_revisions_offline_and_gated() -> None:
+    owner = builders.Owner("assistant", "team", "uid-1")
+    revs = {"facts": ServingRevision(name="facts", revision="v2", path="adapters/team/facts/v2")}
+    dep = builders.deployment(owner, spec(replicas=3), Settings(), revs)
+    pod = dep["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["LORA_ADAPTERS"] == "facts=/models/adapters/team/facts/v2"
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert c["args"][:2] == ["--model-id", "/models/base/smollm2"]
+    assert c["image"] == Settings().tgi_image
+    assert pod["spec"]["readinessGates"] == [{"conditionType": builders.VERIFIED_CONDITION}]
+    assert pod["metadata"]["annotations"][builders.REVISIONS_ANNOTATION] == '{"facts":"v2"}'
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert dep["spec"]["replicas"] == 3
+    assert c["securityContext"]["readOnlyRootFilesystem"] and pod["spec"]["securityContext"]["runAsNonRoot"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == runtime.PRESTOP_SECONDS
+    fallback = builders.deployment(owner, spec(rollout={"noSurgeFallback": True}), Settings(), revs)
+    assert fallback["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_autoscaling_builds_an_hpa_on_tgi_queue_size_and_cpu_and_leaves_replicas_to_it() -> None:
+    owner = builders.Owner("assistant", "team", "uid-1")
+    s = spec(autoscaling={"minReplicas": 2, "maxReplicas": 6, "queueSizeTarget": "4", "cpuUtilization": 70})
+    hpa = builders.autoscaler(owner, s)
+    assert hpa is not None
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "assistant",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    pods_metric = hpa["spec"]["metrics"][0]["pods"]
+    assert pods_metric["metric"]["name"] == "tgi_queue_size"
+    assert pods_metric["target"] == {"type": "AverageValue", "averageValue": "4"}
+    assert hpa["spec"]["metrics"][1]["resource"]["target"]["averageUtilization"] == 70
+    dep = builders.deployment(owner, s, Settings(), {})
+    assert "replicas" not in dep["spec"]
+    assert builders.disruption_budget(owner, s) is not None
+    assert builders.disruption_budget(owner, spec()) is None  # one fixed replica: no budget
+
+
+# --- resolution ------------------------------------------------------------------------------
+
+
+def test_following_takes_the_newest_revision_that_passed_and_was_not_rejected() -> None:
+    jobs = [ftj("f1", "v1"), ftj("f2", "v2"), ftj("f3", "v3", passed=False), ftj("f4", None, phase="Running")]
+    r = resolve.resolve(spec(), jobs, {}, {})
+    assert r.revisions["facts"].revision == "v2" and r.revisions["facts"].fine_tune_job == "f2"
+    r = resolve.resolve(spec(), jobs, {"facts": {"v2"}}, {})
+    assert r.revisions["facts"].revision == "v1"
+    # Revision numbers compare as numbers, not text.
+    r = resolve.resolve(spec(), [ftj("a", "v9"), ftj("b", "v10")], {}, {})
+    assert r.revisions["facts"].revision == "v10"
+
+
+@pytest.mark.parametrize(
+    ("adapter", "jobs", "reason"),
+    [
+        ({"adapter": "facts"}, [], "AdapterNotPublished"),
+        ({"adapter": "facts"}, [ftj("f1", "v1", base={"path": "base/other"})], "BaseModelMismatch"),
+        ({"adapter": "facts", "revision": "v7"}, [ftj("f1", "v1")], "RevisionNotFound"),
+        ({"adapter": "facts"}, [ftj("f1", "v1", passed=False)], "NoPromotedRevision"),
+        ({"fineTuneJob": "nope"}, [ftj("f1", "v1")], "FineTuneJobNotFound"),
+        ({"fineTuneJob": "f1"}, [ftj("f1", None, phase="Failed")], "FineTuneJobFailed"),
+    ],
+)
+def test_unresolvable_adapters_name_the_cause(adapter: dict, jobs: list, reason: str) -> None:
+    s = spec(adapters=[{"name": "facts", "from": adapter}])
+    r = resolve.resolve(s, jobs, {}, {})
+    assert "facts" not in r.revisions
+    assert r.problems["facts"].reason == reason
+
+
+def test_manual_promotion_keeps_serving_and_reports_the_pending_revision() -> None:
+    s = spec(promotion={"policy": "Manual"})
+    current = {"facts": ServingRevision(name="facts", revision="v1", path="adapters/ns/facts/v1")}
+    r = resolve.resolve(s, [ftj("f1", "v1"), ftj("f2", "v2")], {}, current)
+    assert r.revisions["facts"].revision == "v1" and r.pending == {"facts": "v2"}
+    pinned = spec(
+        promotion={"policy": "Manual"},
+        adapters=[{"name": "facts", "from": {"adapter": "facts", "revision": "v2"}}],
+    )
+    assert (
+        resolve.resolve(pinned, [ftj("f1", "v1"), ftj("f2", "v2")], {}, current).revisions["facts"].revision
+        == "v2"
+    )
+
+
+# --- the rollout state machine -------------------------------------------------------------
+
+
+def deployment(key: dict[str, str], replicas: int = 2, ready: int = 2, updated: int = 2, total: int = 2):
+    return {
+        "metadata": {"generation": 3},
+        "spec": {
+            "replicas": replicas,
+            "template": {
+                "metadata": {"annotations": {builders.REVISIONS_ANNOTATION: builders.encode_revisions(key)}}
+            },
+        },
+        "status": {
+            "observedGeneration": 3,
+            "replicas": total,
+            "updatedReplicas": updated,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+        },
+    }
+
+
+def pod(key: dict[str, str], gate: str | None = None, message: str = "") -> dict[str, Any]:
+    conds = [{"type": "ContainersReady", "status": "True"}]
+    if gate:
+        conds.append({"type": builders.VERIFIED_CONDITION, "status": gate, "message": message})
+    return {
+        "metadata": {
+            "name": "p",
+            "uid": "u",
+            "annotations": {builders.REVISIONS_ANNOTATION: builders.encode_revisions(key)},
+        },
+        "status": {"phase": "Running", "podIP": "127.0.0.5", "conditions": conds},
+    }
+
+
+def step(s, old, jobs, dep, pods, now=NOW):
+    res = resolve.resolve(s, jobs, plan.rejected_of(old), plan._serving_dict(old))
+    obs = plan.Observed(generation=1, deployment=dep, pods=pods, now=now)
+    return plan.compute(s, old, res, obs, "http://assistant.ns.svc", "assistant")
+
+
+def test_a_new_revision_rolls_out_completes_and_a_failing_one_rolls_back() -> None:
+    s = spec(replicas=2)
+    # First rollout: v1.
+    p = step(s, {}, [ftj("f1", "v1")], None, [])
+    assert p.template["facts"].revision == "v1" and p.status["rollout"]["phase"] == "Progressing"
+    assert [e.reason for e in p.events] == ["RolloutStarted"]
+    p = step(s, p.status, [ftj("f1", "v1")], deployment({"facts": "v1"}), [])
+    assert p.status["rollout"]["phase"] == "Complete" and p.status["serving"][0]["revision"] == "v1"
+    assert p.status["phase"] == "Ready"
+    v1_done = p.status
+
+    # v2 published: a rollout starts from v1; not done while an old pod remains.
+    jobs = [ftj("f1", "v1"), ftj("f2", "v2")]
+    p = step(s, v1_done, jobs, deployment({"facts": "v1"}), [])
+    assert p.template["facts"].revision == "v2" and p.status["rollout"]["previous"] == {"facts": "v1"}
+    p2 = step(
+        s, p.status, jobs, deployment({"facts": "v2"}, updated=1, total=3), [pod({"facts": "v2"}, "True")]
+    )
+    assert p2.status["rollout"]["phase"] == "Progressing" and p2.status["phase"] == "Progressing"
+
+    # A new pod fails its smoke test: back to v1, v2 rejected, not retried.
+    failed = pod({"facts": "v2"}, "False", "smoke test of adapter facts: same answer as the base model")
+    p3 = step(s, p.status, jobs, deployment({"facts": "v2"}, updated=1, total=3), [failed])
+    assert p3.template["facts"].revision == "v1"
+    assert (
+        p3.status["rollout"]["phase"] == "RolledBack" and p3.status["rollout"]["reason"] == "SmokeTestFailed"
+    )
+    assert p3.status["adapters"][0]["rejected"] == ["v2"]
+    assert [e.reason for e in p3.events] == ["RolledBack"]
+    rolled = {c["type"]: c for c in p3.status["conditions"]}
+    assert rolled["RolledBack"]["status"] == "True" and rolled["Degraded"]["status"] == "True"
+    p4 = step(s, p3.status, jobs, deployment({"facts": "v1"}), [])
+    assert p4.template["facts"].revision == "v1" and p4.events == []
+
+
+def test_a_rollout_past_its_deadline_is_rolled_back() -> None:
+    s = spec(replicas=2, rollout={"progressDeadlineSeconds": 60})
+    done = step(s, {}, [ftj("f1", "v1")], None, []).status
+    done = step(s, done, [ftj("f1", "v1")], deployment({"facts": "v1"}), []).status
+    jobs = [ftj("f1", "v1"), ftj("f2", "v2")]
+    started = step(s, done, jobs, deployment({"facts": "v1"}), []).status
+    stuck = deployment({"facts": "v2"}, updated=1, total=3, ready=2)
+    assert (
+        step(s, started, jobs, stuck, [], NOW + dt.timedelta(seconds=59)).status["rollout"]["phase"]
+        == "Progressing"
+    )
+    late = step(s, started, jobs, stuck, [], NOW + dt.timedelta(seconds=61))
+    assert late.status["rollout"]["reason"] == "ProgressDeadlineExceeded"
+    assert late.template["facts"].revision == "v1"
+
+
+def test_an_unresolvable_adapter_keeps_serving_and_creates_nothing_new() -> None:
+    s = spec(adapters=[{"name": "facts", "from": {"fineTuneJob": "gone"}}])
+    p = step(s, {}, [], None, [])
+    assert p.template is None  # no Deployment rather than a broken one
+    degraded = next(c for c in p.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "FineTuneJobNotFound"
+    assert p.status["phase"] == "Degraded"
