@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -154,7 +157,7 @@ def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_
     client = Client(kube, ns)
     client.start()
     try:
-        v2 = workloads.train(kube, ns, workloads.finetunejob("facts-2", "facts", maxSteps=3))
+        v2 = workloads.train(kube, ns, workloads.finetunejob("facts-2", "facts", maxSteps=5))
         assert v2["status"]["adapter"]["revision"] == "v2"
         md = _settled(kube, ns, "v2")
     finally:
@@ -166,6 +169,21 @@ def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_
     assert md["status"]["history"][0]["revisions"] == {"facts": "v2"}
     events = kube.get("events", "-n", ns, "--field-selector", "involvedObject.name=assistant")["items"]
     assert {"RolloutStarted", "RolloutComplete"} <= {e["reason"] for e in events}
+
+    # From the shell: `loraforge generate` finds a Ready pod and asks it.
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig)}
+        cmd = [sys.executable, "-m", "loraforge_operator.cli", "generate", "assistant", "-n", ns, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+    tuned, base = (
+        cli("--adapter", "facts", "--max-new-tokens", "24", QUESTION),
+        cli("--max-new-tokens", "24", QUESTION),
+    )
+    assert tuned.returncode == 0 and base.returncode == 0, tuned.stderr + base.stderr
+    assert tuned.stdout.strip() and tuned.stdout != base.stdout
+    wrong = cli("--adapter", "nope", QUESTION)
+    assert wrong.returncode == 1 and "nope" in wrong.stderr
 
     # v3 learned nothing (learning rate 1e-9): same answers as the base model, so its smoke test fails.
     v3 = workloads.train(

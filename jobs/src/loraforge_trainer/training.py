@@ -264,6 +264,8 @@ def _callbacks(
             self.eval_loss: float | None = None
 
         def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step == state.max_steps:
+                control.should_log = True  # the last step's loss is reported, whatever logging_steps says
             if os.environ.get(FAULT_KILL_AT_STEP) == str(state.global_step):
                 log.warning("%s=%d: killing this process", FAULT_KILL_AT_STEP, state.global_step)
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -282,6 +284,20 @@ def _callbacks(
                         epoch=state.epoch,
                         eval_loss=self.eval_loss,
                     )
+
+        def on_train_end(self, args, state, control, **kw):
+            # The last step is rarely a logging step: report where training ended.
+            if not dist.main:
+                return
+            last_loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
+            reporter.progress(
+                state.global_step,
+                total_steps=state.max_steps,
+                epoch=state.epoch,
+                loss=last_loss,
+                eval_loss=self.eval_loss,
+                tokens_per_second=self.tokens_per_second,
+            )
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}

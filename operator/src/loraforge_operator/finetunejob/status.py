@@ -90,9 +90,12 @@ def _progress(data: dict[str, str]) -> dict[str, Any] | None:
     for key in ("step", "totalSteps"):
         if isinstance(p.get(key), int) and p[key] >= 0:
             out[key] = p[key]
+    # Rounded for people (`kubectl get ftj` prints them as they are); the metrics keep full precision.
+    digits = {"epoch": 2, "loss": 4, "evalLoss": 4, "tokensPerSecond": 1}
     for key in ("epoch", "loss", "evalLoss", "learningRate", "tokensPerSecond"):
         if isinstance(p.get(key), int | float) and not isinstance(p.get(key), bool):
-            out[key] = float(p[key])
+            value = float(p[key])
+            out[key] = round(value, digits[key]) if key in digits else float(f"{value:.4g}")
     if isinstance(p.get("time"), str):
         out["updateTime"] = p["time"]
     if out.get("totalSteps"):
