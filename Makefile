@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)/dev
 TIERS ?= lint unit trainer integration e2e
 
 .PHONY: help venv base-model cluster-binaries cluster cluster-down cluster-status test lint test-unit test-trainer \
-        test-integration test-e2e bench bench-operator bench-trainer crds operator-local demo clean
+        test-integration test-e2e bench bench-operator bench-trainer bench-rollout crds operator-local demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -73,10 +73,13 @@ test-integration: venv ## tests against a real kube-apiserver
 test-e2e: venv ## tests on the full local control plane
 	$(PY) dev/testtiers.py e2e
 
-bench: bench-operator bench-trainer ## all benchmarks (ratios against baselines measured in the same run; ~20 minutes)
+bench: bench-operator bench-trainer bench-rollout ## all benchmarks (ratios against baselines measured in the same run; ~30 minutes)
 
 bench-operator: venv cluster-binaries ## operator benchmark (ratios against a plain-client floor; ~12 minutes)
 	$(PY) bench/finetunejob_bench.py
+
+bench-rollout: venv base-model cluster-binaries ## ModelDeployment rollout of 4 replicas: Ready never below desired, no failed request (~8 minutes)
+	$(PY) bench/modeldeployment_bench.py
 
 bench-trainer: venv ## trainer throughput and memory against a plain Trainer + peft script (~6 minutes)
 	$(PY) bench/trainer_bench.py

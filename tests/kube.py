@@ -80,6 +80,12 @@ class Kube:
         ns = [f"--namespace={namespace}"] if namespace else []
         self.kubectl("apply", "--server-side", "--field-manager=loraforge-tests", *ns, "-f", "-", input=body)
 
+    def install_crds(self, folder: Path) -> None:
+        """Apply every CRD in ``folder`` and wait until the API server serves them."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(folder))
+        names = [f"crd/{p.name.removesuffix('.yaml')}" for p in sorted(folder.glob("*.yaml"))]
+        self.kubectl("wait", "--for=condition=Established", *names, "--timeout=60s")
+
     def create_namespace(self, name: str, labels: dict[str, str]) -> None:
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
         # Pods need the namespace's default ServiceAccount, which a controller

@@ -96,14 +96,7 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kube.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/finetunejobs.loraforge.io",
-        "crd/modeldeployments.loraforge.io",
-        "--timeout=60s",
-    )
+    kube.install_crds(REPO / "crds")
     op = OperatorProcess(kube, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     yield op

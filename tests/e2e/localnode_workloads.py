@@ -3,7 +3,11 @@ store on a host directory, and short real FineTuneJobs on SmolLM2."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +84,46 @@ def train(kube: Kube, ns: str, manifest: dict[str, Any], timeout: float = 900) -
         what=f"FineTuneJob {name} to finish training on the local node",
         interval=2,
     )
+
+
+class ReadyPodClient(threading.Thread):
+    """Sends generations with an adapter throughout, each to a Ready, non-terminating
+    pod (what a Service's endpoints would hold; loopback pod IPs cannot be endpoints
+    here), round robin, and records every failure."""
+
+    def __init__(
+        self, list_pods: Callable[[], list[dict[str, Any]]], prompt: str, adapter: str, pause: float
+    ):
+        super().__init__(daemon=True)
+        self.list_pods, self.prompt, self.adapter, self.pause = list_pods, prompt, adapter, pause
+        self.stop = threading.Event()
+        self.ok = 0
+        self.errors: list[str] = []
+
+    def _ready_pods(self) -> list[dict[str, Any]]:
+        return [
+            p
+            for p in self.list_pods()
+            if not p["metadata"].get("deletionTimestamp")
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+        ]
+
+    def run(self) -> None:
+        from huggingface_hub import InferenceClient
+
+        turn = itertools.count()
+        while not self.stop.is_set():
+            pods = self._ready_pods()
+            if not pods:
+                self.errors.append("no Ready pod to send to")
+                time.sleep(0.1)
+                continue
+            pod = pods[next(turn) % len(pods)]
+            client = InferenceClient(base_url=f"http://{pod['status']['podIP']}:8080", timeout=60)
+            try:
+                client.text_generation(self.prompt, adapter_id=self.adapter, max_new_tokens=4)
+                self.ok += 1
+            except Exception as e:
+                self.errors.append(f"{pod['metadata']['name']}: {type(e).__name__}: {e}")
+            # A steady trickle, not a flood: the same two cores train and serve meanwhile.
+            self.stop.wait(self.pause)

@@ -10,12 +10,10 @@ to v2 by itself, with the reason in status and events."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,48 +93,6 @@ MODEL_DEPLOYMENT = {
 }
 
 
-class Client(threading.Thread):
-    """Sends generations throughout, each to a Ready, non-terminating pod of the
-    deployment (what a Service's endpoints would hold); records every failure."""
-
-    def __init__(self, kube: Kube, ns: str):
-        super().__init__(daemon=True)
-        self.kube, self.ns = kube, ns
-        self.stop = threading.Event()
-        self.ok = 0
-        self.errors: list[str] = []
-        self.answers_by_pod: dict[str, str] = {}
-
-    def _ready_pods(self) -> list[dict[str, Any]]:
-        pods = self.kube.get("pods", "-n", self.ns, "-l", "loraforge.io/modeldeployment=assistant")["items"]
-        return [
-            p
-            for p in pods
-            if not p["metadata"].get("deletionTimestamp")
-            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
-        ]
-
-    def run(self) -> None:
-        from huggingface_hub import InferenceClient
-
-        turn = itertools.count()
-        while not self.stop.is_set():
-            pods = self._ready_pods()
-            if not pods:
-                self.errors.append("no Ready pod to send to")
-                time.sleep(0.1)
-                continue
-            pod = pods[next(turn) % len(pods)]
-            client = InferenceClient(base_url=f"http://{pod['status']['podIP']}:8080", timeout=60)
-            try:
-                client.text_generation(QUESTION, adapter_id="facts", max_new_tokens=4)
-                self.ok += 1
-            except Exception as e:
-                self.errors.append(f"{pod['metadata']['name']}: {type(e).__name__}: {e}")
-            # A steady trickle, not a flood: two cores also train the next revision meanwhile.
-            self.stop.wait(0.5)
-
-
 def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_v3(
     kube: Kube, ns: str
 ) -> None:
@@ -154,7 +110,12 @@ def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_
     assert env["HF_HUB_OFFLINE"] == "1"
 
     # v2: a second FineTuneJob of the same adapter; a client sends requests throughout.
-    client = Client(kube, ns)
+    client = workloads.ReadyPodClient(
+        lambda: kube.get("pods", "-n", ns, "-l", "loraforge.io/modeldeployment=assistant")["items"],
+        QUESTION,
+        "facts",
+        pause=0.5,
+    )
     client.start()
     try:
         v2 = workloads.train(kube, ns, workloads.finetunejob("facts-2", "facts", maxSteps=5))

@@ -19,8 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def trainer_channel(kube: Kube, namespace: str, tmp_path: Path) -> tuple[ProgressReporter, str]:
     """A FineTuneJob `chan`, its progress ConfigMap and trainer RBAC as the operator builds them, and the
     trainer's reporter authenticated with that ServiceAccount's token."""
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kube.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.loraforge.io", "--timeout=60s")
+    kube.install_crds(REPO / "crds")
     ftj = {
         "apiVersion": "loraforge.io/v1alpha1",
         "kind": "FineTuneJob",
@@ -51,11 +50,4 @@ def progress_data(kube: Kube, namespace: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def crds(kube: Kube) -> None:
     """loraforge's CRDs installed and established."""
-    kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kube.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/finetunejobs.loraforge.io",
-        "crd/modeldeployments.loraforge.io",
-        "--timeout=60s",
-    )
+    kube.install_crds(REPO / "crds")

@@ -14,8 +14,8 @@ import yaml
 
 from loraforge_operator.finetunejob import builders, contract
 from loraforge_operator.finetunejob.model import FineTuneJobSpec
-from loraforge_operator.finetunejob.reconcile import is_subset
 from loraforge_operator.settings import Settings
+from loraforge_operator.writes import is_subset
 from tests.finetunejob_cases import VALID_SPEC
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,7 +168,7 @@ def test_is_subset(desired: dict, observed: dict, expected: bool) -> None:
 
 
 def test_write_memo_answers_only_while_the_watch_still_shows_the_old_object() -> None:
-    from loraforge_operator.finetunejob.reconcile import WriteMemo
+    from loraforge_operator.writes import WriteMemo
 
     memo = WriteMemo()
     manifest = {"kind": "ConfigMap", "data": {"a": "1"}}

@@ -45,25 +45,34 @@ def _frozen_after_start_rule(spec_model: type, mutable: tuple[str, ...]) -> dict
     )
 
 
-def finetunejob_crd() -> dict[str, Any]:
-    spec = structural_schema(FineTuneJobSpec)
-    status = structural_schema(FineTuneJobStatus)
+def _crd(
+    kind: str,
+    short_name: str,
+    description: str,
+    spec_model: type,
+    status_model: type,
+    columns: list[dict[str, Any]],
+    rules: list[dict[str, str]],
+    subresources: dict[str, Any],
+) -> dict[str, Any]:
+    """A namespaced CRD of loraforge's group with one served, stored version."""
+    plural = api.KINDS[kind]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"finetunejobs.{api.GROUP}",
+            "name": f"{plural}.{api.GROUP}",
             "labels": {"app.kubernetes.io/part-of": "loraforge"},
         },
         "spec": {
             "group": api.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": "FineTuneJob",
-                "listKind": "FineTuneJobList",
-                "plural": "finetunejobs",
-                "singular": "finetunejob",
-                "shortNames": ["ftj"],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short_name],
                 "categories": [api.CATEGORY],
             },
             "versions": [
@@ -71,148 +80,106 @@ def finetunejob_crd() -> dict[str, Any]:
                     "name": api.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": subresources,
                     "additionalPrinterColumns": [
-                        {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
-                        {
-                            "name": "Progress",
-                            "type": "integer",
-                            "jsonPath": ".status.progress.percent",
-                            "description": "Training progress in percent",
-                        },
-                        {
-                            "name": "Step",
-                            "type": "integer",
-                            "jsonPath": ".status.progress.step",
-                            "priority": 1,
-                        },
-                        {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
-                        {
-                            "name": "Eval-Loss",
-                            "type": "number",
-                            "jsonPath": ".status.progress.evalLoss",
-                            "priority": 1,
-                        },
-                        {"name": "Adapter", "type": "string", "jsonPath": ".status.adapter.revision"},
-                        {"name": "Method", "type": "string", "jsonPath": ".spec.method", "priority": 1},
+                        *columns,
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": (
-                                "A FineTuneJob fine-tunes a base model with LoRA or QLoRA on a dataset "
-                                "and publishes an immutable, versioned adapter revision to the model "
-                                "store. The operator runs it as a batch Job on GPU nodes and reports "
-                                "progress, evaluation and the published revision in its status."
-                            ),
+                            "description": description,
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {
                                     "type": "string",
-                                    "description": "API version: loraforge.io/v1alpha1.",
+                                    "description": f"API version: {api.API_VERSION}.",
                                 },
-                                "kind": {"type": "string", "description": "FineTuneJob."},
+                                "kind": {"type": "string", "description": f"{kind}."},
                                 "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
+                                "spec": structural_schema(spec_model),
+                                "status": structural_schema(status_model),
                             },
-                            "x-kubernetes-validations": [
-                                _frozen_after_start_rule(FineTuneJobSpec, MUTABLE_AFTER_START),
-                                cel(
-                                    f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
-                                    f"metadata.name may be at most {MAX_NAME_LENGTH} characters: the "
-                                    "training Job and its pods are named after it",
-                                ),
-                            ],
+                            "x-kubernetes-validations": rules,
                         }
                     },
                 }
             ],
         },
     }
+
+
+def finetunejob_crd() -> dict[str, Any]:
+    return _crd(
+        "FineTuneJob",
+        "ftj",
+        "A FineTuneJob fine-tunes a base model with LoRA or QLoRA on a dataset and publishes an immutable, "
+        "versioned adapter revision to the model store. The operator runs it as a batch Job on GPU nodes and "
+        "reports progress, evaluation and the published revision in its status.",
+        FineTuneJobSpec,
+        FineTuneJobStatus,
+        [
+            {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+            {
+                "name": "Progress",
+                "type": "integer",
+                "jsonPath": ".status.progress.percent",
+                "description": "Training progress in percent",
+            },
+            {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "priority": 1},
+            {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+            {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.progress.evalLoss", "priority": 1},
+            {"name": "Adapter", "type": "string", "jsonPath": ".status.adapter.revision"},
+            {"name": "Method", "type": "string", "jsonPath": ".spec.method", "priority": 1},
+        ],
+        [
+            _frozen_after_start_rule(FineTuneJobSpec, MUTABLE_AFTER_START),
+            cel(
+                f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+                f"metadata.name may be at most {MAX_NAME_LENGTH} characters: the "
+                "training Job and its pods are named after it",
+            ),
+        ],
+        {"status": {}},
+    )
 
 
 def modeldeployment_crd() -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"modeldeployments.{api.GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "loraforge"},
-        },
-        "spec": {
-            "group": api.GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": "ModelDeployment",
-                "listKind": "ModelDeploymentList",
-                "plural": "modeldeployments",
-                "singular": "modeldeployment",
-                "shortNames": ["md"],
-                "categories": [api.CATEGORY],
+    return _crd(
+        "ModelDeployment",
+        "md",
+        "A ModelDeployment serves a base model and LoRA adapters with text-generation-inference, "
+        "autoscaled, and rolls every replica to each newly promoted adapter revision without downtime: new "
+        "pods are smoke-tested with the adapter before old ones go, and a revision that fails is rolled back "
+        "by itself.",
+        ModelDeploymentSpec,
+        ModelDeploymentStatus,
+        [
+            {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+            {
+                "name": "Serving",
+                "type": "string",
+                "jsonPath": ".status.serving[*].revision",
+                "description": "Adapter revisions every replica serves",
             },
-            "versions": [
-                {
-                    "name": api.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {
-                        "status": {},
-                        # `kubectl scale md` (without autoscaling) and what an HPA could target.
-                        "scale": {
-                            "specReplicasPath": ".spec.replicas",
-                            "statusReplicasPath": ".status.replicas",
-                        },
-                    },
-                    "additionalPrinterColumns": [
-                        {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-                        {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
-                        {
-                            "name": "Serving",
-                            "type": "string",
-                            "jsonPath": ".status.serving[*].revision",
-                            "description": "Adapter revisions every replica serves",
-                        },
-                        {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
-                        {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": (
-                                "A ModelDeployment serves a base model and LoRA adapters with "
-                                "text-generation-inference, autoscaled, and rolls every replica to each "
-                                "newly promoted adapter revision without downtime: new pods are "
-                                "smoke-tested with the adapter before old ones go, and a revision that "
-                                "fails is rolled back by itself."
-                            ),
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {
-                                    "type": "string",
-                                    "description": "API version: loraforge.io/v1alpha1.",
-                                },
-                                "kind": {"type": "string", "description": "ModelDeployment."},
-                                "metadata": {"type": "object"},
-                                "spec": structural_schema(ModelDeploymentSpec),
-                                "status": structural_schema(ModelDeploymentStatus),
-                            },
-                            "x-kubernetes-validations": [
-                                cel(
-                                    f"size(self.metadata.name) <= {MAX_MD_NAME_LENGTH}",
-                                    f"metadata.name may be at most {MAX_MD_NAME_LENGTH} characters: the "
-                                    "Deployment, Service and autoscaler are named after it",
-                                ),
-                            ],
-                        }
-                    },
-                }
-            ],
+            {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
+            {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
+        ],
+        [
+            cel(
+                f"size(self.metadata.name) <= {MAX_MD_NAME_LENGTH}",
+                f"metadata.name may be at most {MAX_MD_NAME_LENGTH} characters: the "
+                "Deployment, Service and autoscaler are named after it",
+            ),
+        ],
+        # `kubectl scale md` (without autoscaling) and what an HPA could target.
+        {
+            "status": {},
+            "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas"},
         },
-    }
+    )
 
 
 def all_crds() -> dict[str, dict[str, Any]]:

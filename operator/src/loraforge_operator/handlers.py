@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
@@ -54,12 +55,36 @@ MD_CHILD_KINDS = [
 ROLLOUT_RECHECK_SECONDS = 10.0
 
 
+class Serial:
+    """At most one reconcile per key at a time. Events for one object arrive in
+    bursts (each child we apply echoes back): while a reconcile runs, further
+    events only mark the key dirty, and the running reconcile goes round once
+    more, from the freshest indexes."""
+
+    def __init__(self) -> None:
+        self.running: set[Key] = set()
+        self.dirty: set[Key] = set()
+
+    async def run(self, key: Key, once: Callable[[], Awaitable[None]]) -> None:
+        if key in self.running:
+            self.dirty.add(key)
+            return
+        self.running.add(key)
+        try:
+            while True:
+                self.dirty.discard(key)
+                await once()
+                if key not in self.dirty:
+                    break
+        finally:
+            self.running.discard(key)
+
+
 class MDState:
     """Per-ModelDeployment bookkeeping, as State is for FineTuneJobs."""
 
     reconciler: ModelDeploymentReconciler | None = None
-    running: set[Key] = set()  # noqa: RUF012
-    dirty: set[Key] = set()  # noqa: RUF012
+    serial = Serial()
     backoff: dict[Key, float] = {}  # noqa: RUF012
     timers: dict[Key, asyncio.Task] = {}  # noqa: RUF012
 
@@ -68,8 +93,7 @@ class State:
     """Process-wide state, created at start-up."""
 
     reconciler: Reconciler | None = None
-    running: set[Key] = set()  # noqa: RUF012 - FineTuneJobs being reconciled right now
-    dirty: set[Key] = set()  # noqa: RUF012 - ... that saw another event meanwhile
+    serial = Serial()
     phases: dict[Key, str] = {}  # noqa: RUF012 - for the loraforge_finetunejobs gauge
     backoff: dict[Key, float] = {}  # noqa: RUF012 - seconds before the next retry, per FineTuneJob
     retries: set[asyncio.Task] = set()  # noqa: RUF012 - pending retries (kept referenced)
@@ -169,21 +193,7 @@ async def _reconcile(key: Key, indexes: dict[str, Any], logger: logging.Logger) 
     reconciler = State.reconciler
     if reconciler is None:
         raise kopf.TemporaryError("the operator is still starting", delay=1)
-    # Events for one FineTuneJob arrive in bursts (each child we apply echoes
-    # back). While a reconcile runs, further events only mark the key dirty;
-    # the running reconcile goes round once more, from the freshest indexes.
-    if key in State.running:
-        State.dirty.add(key)
-        return
-    State.running.add(key)
-    try:
-        while True:
-            State.dirty.discard(key)
-            await _reconcile_once(reconciler, key, indexes, logger)
-            if key not in State.dirty:
-                break
-    finally:
-        State.running.discard(key)
+    await State.serial.run(key, lambda: _reconcile_once(reconciler, key, indexes, logger))
 
 
 async def _reconcile_once(
@@ -311,18 +321,7 @@ async def _reconcile_md(key: Key, indexes: dict[str, Any], logger: logging.Logge
     reconciler = MDState.reconciler
     if reconciler is None:
         raise kopf.TemporaryError("the operator is still starting", delay=1)
-    if key in MDState.running:
-        MDState.dirty.add(key)
-        return
-    MDState.running.add(key)
-    try:
-        while True:
-            MDState.dirty.discard(key)
-            await _reconcile_md_once(reconciler, key, indexes, logger)
-            if key not in MDState.dirty:
-                break
-    finally:
-        MDState.running.discard(key)
+    await MDState.serial.run(key, lambda: _reconcile_md_once(reconciler, key, indexes, logger))
 
 
 async def _reconcile_md_once(

@@ -14,10 +14,9 @@ Children (deterministic names, all owned by the FineTuneJob):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
-from .. import api
+from ..owner import Owner as OwnedBy
 from ..settings import LABEL_COMPONENT, LABEL_FINETUNEJOB, LABEL_MANAGED_BY, MANAGED_BY, Settings
 from . import contract
 from .model import FineTuneJobSpec, Quantization
@@ -25,23 +24,10 @@ from .model import FineTuneJobSpec, Quantization
 Manifest = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Owner:
+class Owner(OwnedBy):
     """The FineTuneJob the children belong to."""
 
-    name: str
-    namespace: str
-    uid: str
-
-    def reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": api.API_VERSION,
-            "kind": "FineTuneJob",
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+    kind = "FineTuneJob"
 
 
 def _labels(owner: Owner, component: str) -> dict[str, str]:

@@ -6,7 +6,6 @@ write to the API server."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,68 +17,13 @@ from pydantic import ValidationError
 from .. import api
 from ..kube import Kube
 from ..settings import Settings
+from ..writes import ChildKey, StatusWrite, WriteMemo, ensure_child
 from . import builders, contract, status
 from .model import FineTuneJobSpec
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, FineTuneJob name)
-ChildKey = tuple[str, str, str]  # (kind, namespace, name)
-
-
-def is_subset(desired: Any, observed: Any) -> bool:
-    """True if every field we set has that value in the observed object
-    (fields the API server or others added are ignored)."""
-    if isinstance(desired, dict):
-        return isinstance(observed, dict) and all(is_subset(v, observed.get(k)) for k, v in desired.items())
-    if isinstance(desired, list):
-        return (
-            isinstance(observed, list)
-            and len(desired) == len(observed)
-            and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
-        )
-    return desired == observed
-
-
-@dataclass
-class WriteMemo:
-    """Remembers the last apply per object and the server's answer, so a
-    reconcile that runs before the watch has delivered our own write neither
-    sends it again nor mistakes the stale copy for the truth."""
-
-    _last: dict[Any, tuple[str, str | None, dict[str, Any]]] = field(default_factory=dict)
-
-    def answer_to(self, key: Any, payload: Any, observed_rv: str | None) -> dict[str, Any] | None:
-        """The server's answer if ``payload`` was already applied over the object
-        at ``observed_rv``, else None. Once the watch shows a newer object, the
-        entry has served its purpose and is dropped (memory stays bounded)."""
-        last = self._last.get(key)
-        if last is None:
-            return None
-        if last[1] != observed_rv:
-            del self._last[key]
-            return None
-        return last[2] if last[0] == json.dumps(payload, sort_keys=True) else None
-
-    def sent(self, key: Any, payload: Any, observed_rv: str | None, answer: dict[str, Any]) -> None:
-        self._last[key] = (json.dumps(payload, sort_keys=True), observed_rv, answer)
-
-    def discard(self, key: Any) -> None:
-        self._last.pop(key, None)
-
-
-@dataclass
-class StatusWrite:
-    """The last status the operator wrote for a FineTuneJob, and the
-    resourceVersions known to predate it (what the watch may still show)."""
-
-    status: dict[str, Any]
-    version: str | None
-    stale_versions: set[str | None]
-
-
-def _rv(obj: dict[str, Any] | None) -> str | None:
-    return ((obj or {}).get("metadata") or {}).get("resourceVersion")
 
 
 def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -134,12 +78,8 @@ class Reconciler:
         meta = body["metadata"]
         ns, name = meta["namespace"], meta["name"]
         owner = builders.Owner(name=name, namespace=ns, uid=meta["uid"])
-        old_status = body.get("status") or {}
         previous = self.status_writes.get((ns, name))
-        if previous is not None and _rv(body) in previous.stale_versions:
-            # The watch has not delivered our last status write yet: compare with
-            # what we wrote, not with the stale copy (no repeated writes or events).
-            old_status = previous.status
+        old_status = StatusWrite.known_status(previous, body)
         obs = status.Observed(generation=int(meta.get("generation") or 0))
 
         desired = self._desired(owner, body, obs.generation)
@@ -169,13 +109,7 @@ class Reconciler:
             )
             log.debug("status of %s/%s changes: %s", ns, name, ", ".join(changed))
             updated = await self.kube.patch_status(api.API_VERSION, "FineTuneJob", ns, name, new_status)
-            stale = {_rv(body)}
-            if previous is not None and _rv(body) != previous.version:
-                # The watch has not shown our last write yet: what it may still show
-                # includes everything before it. Once it has, older versions cannot
-                # come back (a watch is ordered), so the set starts afresh.
-                stale |= previous.stale_versions | {previous.version}
-            self.status_writes[(ns, name)] = StatusWrite(new_status, _rv(updated), stale)
+            self.status_writes[(ns, name)] = StatusWrite.after(previous, body, new_status, updated)
             for t in transitions:
                 self.post_event(body, t.type, t.reason, t.message)
         return new_status
@@ -211,18 +145,8 @@ class Reconciler:
         meta = manifest["metadata"]
         key = (manifest["kind"], meta["namespace"], meta["name"])
         current = observed.get(key)
-        if current is not None and is_subset(manifest, current):
-            self.memo.discard(key)
-            return
-        earlier_answer = self.memo.answer_to(key, manifest, _rv(current))
-        if earlier_answer is not None:
-            observed[key] = earlier_answer
-            return
-        log.debug(
-            "applying %s %s/%s (%s)", key[0], key[1], key[2], "missing" if current is None else "differs"
-        )
         try:
-            applied = await self.kube.apply(manifest)
+            await ensure_child(self.kube, self.memo, manifest, observed)
         except ApiException as e:
             # A Job's pod template is immutable. The FineTuneJob's spec can only
             # change before training started, so a Job that never started is
@@ -233,6 +157,3 @@ class Reconciler:
                 await self.kube.delete("batch/v1", "Job", meta["namespace"], meta["name"])
                 return
             raise
-        self.memo.sent(key, manifest, _rv(current), applied)
-        # What the server answered is the freshest view; the status uses it.
-        observed[key] = applied

@@ -13,10 +13,10 @@ Children (deterministic names, all owned by the ModelDeployment):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from .. import api
+from ..owner import Owner as OwnedBy
 from ..settings import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_MODELDEPLOYMENT, MANAGED_BY, Settings
 from . import runtime
 from .model import ModelDeploymentSpec, ServingRevision
@@ -29,21 +29,10 @@ VERIFIED_CONDITION = f"{api.GROUP}/adapters-verified"
 REVISIONS_ANNOTATION = f"{api.GROUP}/adapter-revisions"
 
 
-@dataclass(frozen=True)
-class Owner:
-    name: str
-    namespace: str
-    uid: str
+class Owner(OwnedBy):
+    """The ModelDeployment the children belong to."""
 
-    def reference(self) -> dict[str, Any]:
-        return {
-            "apiVersion": api.API_VERSION,
-            "kind": "ModelDeployment",
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
+    kind = "ModelDeployment"
 
 
 def selector_labels(owner: Owner) -> dict[str, str]:

@@ -16,16 +16,15 @@ from pydantic import ValidationError
 
 from .. import api
 from ..conditions import merge_conditions, now_rfc3339
-from ..finetunejob.reconcile import StatusWrite, WriteMemo, _rv, is_subset
 from ..kube import Kube
 from ..settings import Settings
+from ..writes import ChildKey, StatusWrite, WriteMemo, ensure_child
 from . import builders, plan, resolve, runtime, smoke
 from .model import ModelDeploymentSpec
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-ChildKey = tuple[str, str, str]
 
 
 def _spec_error(e: ValidationError) -> str:
@@ -67,10 +66,7 @@ class ModelDeploymentReconciler:
         ns, name = meta["namespace"], meta["name"]
         generation = int(meta.get("generation") or 0)
         owner = builders.Owner(name=name, namespace=ns, uid=meta["uid"])
-        old_status = body.get("status") or {}
-        previous = self.status_writes.get((ns, name))
-        if previous is not None and _rv(body) in previous.stale_versions:
-            old_status = previous.status
+        old_status = StatusWrite.known_status(self.status_writes.get((ns, name)), body)
 
         try:
             spec = ModelDeploymentSpec.model_validate(body.get("spec") or {})
@@ -86,7 +82,7 @@ class ModelDeploymentReconciler:
         p = plan.compute(spec, old_status, resolution, obs, builders.endpoint(owner, spec), name)
         if p.template is not None:
             for manifest in builders.children(owner, spec, self.settings, p.template):
-                await self._ensure(manifest, observed)
+                await ensure_child(self.kube, self.memo, manifest, observed)
         await self._verify(owner, spec, pods)
         await self._write_status(body, old_status, p.status, p.events)
         return p.status
@@ -118,10 +114,7 @@ class ModelDeploymentReconciler:
             return
         updated = await self.kube.patch_status(api.API_VERSION, "ModelDeployment", ns, name, new)
         previous = self.status_writes.get((ns, name))
-        stale = {_rv(body)}
-        if previous is not None and _rv(body) != previous.version:
-            stale |= previous.stale_versions | {previous.version}
-        self.status_writes[(ns, name)] = StatusWrite(new, _rv(updated), stale)
+        self.status_writes[(ns, name)] = StatusWrite.after(previous, body, new, updated)
         old_degraded = next((c for c in old.get("conditions") or [] if c["type"] == "Degraded"), {})
         new_degraded = next((c for c in new.get("conditions") or [] if c["type"] == "Degraded"), {})
         if new_degraded.get("status") == "True" and (
@@ -130,22 +123,6 @@ class ModelDeploymentReconciler:
             events = [*events, plan.Event("Warning", new_degraded["reason"], new_degraded.get("message", ""))]
         for e in events:
             self.post_event(body, e.type, e.reason, e.message)
-
-    async def _ensure(self, manifest: dict[str, Any], observed: dict[ChildKey, dict[str, Any]]) -> None:
-        meta = manifest["metadata"]
-        key = (manifest["kind"], meta["namespace"], meta["name"])
-        current = observed.get(key)
-        if current is not None and is_subset(manifest, current):
-            self.memo.discard(key)
-            return
-        earlier = self.memo.answer_to(key, manifest, _rv(current))
-        if earlier is not None:
-            observed[key] = earlier
-            return
-        log.debug("applying %s %s/%s", *key)
-        applied = await self.kube.apply(manifest)
-        self.memo.sent(key, manifest, _rv(current), applied)
-        observed[key] = applied
 
     async def _verify(
         self, owner: builders.Owner, spec: ModelDeploymentSpec, pods: list[dict[str, Any]]

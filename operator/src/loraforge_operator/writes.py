@@ -1,0 +1,115 @@
+"""What the reconcilers share about writing: apply a child only when it
+differs, remember our own writes until the watch shows them, and know which
+status is current when the watch lags behind our last status write."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from .kube import Kube
+
+log = logging.getLogger(__name__)
+
+ChildKey = tuple[str, str, str]  # (kind, namespace, name)
+
+
+def is_subset(desired: Any, observed: Any) -> bool:
+    """True if every field we set has that value in the observed object
+    (fields the API server or others added are ignored)."""
+    if isinstance(desired, dict):
+        return isinstance(observed, dict) and all(is_subset(v, observed.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (
+            isinstance(observed, list)
+            and len(desired) == len(observed)
+            and all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
+        )
+    return desired == observed
+
+
+@dataclass
+class WriteMemo:
+    """Remembers the last apply per object and the server's answer, so a
+    reconcile that runs before the watch has delivered our own write neither
+    sends it again nor mistakes the stale copy for the truth."""
+
+    _last: dict[Any, tuple[str, str | None, dict[str, Any]]] = field(default_factory=dict)
+
+    def answer_to(self, key: Any, payload: Any, observed_rv: str | None) -> dict[str, Any] | None:
+        """The server's answer if ``payload`` was already applied over the object
+        at ``observed_rv``, else None. Once the watch shows a newer object, the
+        entry has served its purpose and is dropped (memory stays bounded)."""
+        last = self._last.get(key)
+        if last is None:
+            return None
+        if last[1] != observed_rv:
+            del self._last[key]
+            return None
+        return last[2] if last[0] == json.dumps(payload, sort_keys=True) else None
+
+    def sent(self, key: Any, payload: Any, observed_rv: str | None, answer: dict[str, Any]) -> None:
+        self._last[key] = (json.dumps(payload, sort_keys=True), observed_rv, answer)
+
+    def discard(self, key: Any) -> None:
+        self._last.pop(key, None)
+
+
+def rv(obj: dict[str, Any] | None) -> str | None:
+    return ((obj or {}).get("metadata") or {}).get("resourceVersion")
+
+
+@dataclass
+class StatusWrite:
+    """The last status the operator wrote for an object, and the
+    resourceVersions known to predate it (what the watch may still show)."""
+
+    status: dict[str, Any]
+    version: str | None
+    stale_versions: set[str | None]
+
+    @staticmethod
+    def known_status(previous: StatusWrite | None, body: dict[str, Any]) -> dict[str, Any]:
+        """The object's status as last known: if the watch has not delivered our
+        last status write yet, what we wrote, not the stale copy (so no repeated
+        writes or events)."""
+        if previous is not None and rv(body) in previous.stale_versions:
+            return previous.status
+        return body.get("status") or {}
+
+    @staticmethod
+    def after(
+        previous: StatusWrite | None, body: dict[str, Any], status: dict[str, Any], updated: dict[str, Any]
+    ) -> StatusWrite:
+        """The record of a status just written over ``body`` (the server answered ``updated``)."""
+        stale = {rv(body)}
+        if previous is not None and rv(body) != previous.version:
+            # The watch has not shown our last write yet: what it may still show
+            # includes everything before it. Once it has, older versions cannot
+            # come back (a watch is ordered), so the set starts afresh.
+            stale |= previous.stale_versions | {previous.version}
+        return StatusWrite(status, rv(updated), stale)
+
+
+async def ensure_child(
+    kube: Kube, memo: WriteMemo, manifest: dict[str, Any], observed: dict[ChildKey, dict[str, Any]]
+) -> None:
+    """Apply ``manifest`` (server-side) unless the observed object already has
+    it; the server's answer replaces the observed copy. API errors propagate."""
+    meta = manifest["metadata"]
+    key = (manifest["kind"], meta["namespace"], meta["name"])
+    current = observed.get(key)
+    if current is not None and is_subset(manifest, current):
+        memo.discard(key)
+        return
+    earlier_answer = memo.answer_to(key, manifest, rv(current))
+    if earlier_answer is not None:
+        observed[key] = earlier_answer
+        return
+    log.debug("applying %s %s/%s (%s)", *key, "missing" if current is None else "differs")
+    applied = await kube.apply(manifest)
+    memo.sent(key, manifest, rv(current), applied)
+    # What the server answered is the freshest view; the status uses it.
+    observed[key] = applied
