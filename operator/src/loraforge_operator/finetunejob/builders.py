@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from ..owner import Owner as OwnedBy
+from ..pods import placement
 from ..settings import LABEL_COMPONENT, LABEL_FINETUNEJOB, LABEL_MANAGED_BY, MANAGED_BY, Settings
 from . import contract
 from .model import FineTuneJobSpec, Quantization
@@ -261,12 +262,7 @@ def job(owner: Owner, spec: FineTuneJobSpec, settings: Settings) -> Manifest:
         "containers": [container],
         "volumes": volumes,
     }
-    if r.node_selector:
-        pod_spec["nodeSelector"] = dict(r.node_selector)
-    if r.tolerations:
-        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in r.tolerations]
-    if r.priority_class_name:
-        pod_spec["priorityClassName"] = r.priority_class_name
+    pod_spec.update(placement(r))
     if multi_node:
         pod_spec["subdomain"] = contract.rendezvous_service_name(owner.name)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import api
 from ..owner import Owner as OwnedBy
+from ..pods import placement
 from ..settings import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_MODELDEPLOYMENT, MANAGED_BY, Settings
 from . import runtime
 from .model import ModelDeploymentSpec, ServingRevision
@@ -103,12 +104,7 @@ def deployment(
         "containers": [runtime.container(spec, settings, revisions)],
         "volumes": runtime.volumes(spec),
     }
-    if r.node_selector:
-        pod_spec["nodeSelector"] = dict(r.node_selector)
-    if r.tolerations:
-        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in r.tolerations]
-    if r.priority_class_name:
-        pod_spec["priorityClassName"] = r.priority_class_name
+    pod_spec.update(placement(r))
     dep_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(owner)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": strategy},
