@@ -56,7 +56,6 @@ class Container:
         self.probes: dict[str, probes.Probe] = {}
         self.backoff = 0.0
         self.restart_at: float | None = None
-        self.kill_reason = ""  # why the agent stopped it, if it did
         self.restart_pending = False  # the next start is a restart (counted)
         self.reaped = False  # the current process's exit is recorded
         self.done = False  # terminated and will not restart
@@ -162,7 +161,6 @@ class Container:
         self.started_mono = time.monotonic()
         self.state = {"running": {"startedAt": self.started_at}}
         self.probes = probes.probes_for(self.spec, self.started_mono)
-        self.kill_reason = ""
         self.restart_at = None
         w.agent.event(
             w.pod, "Normal", "Started", f"Started container {self.name} ({profile.name}: {argv[0]})"
@@ -215,7 +213,6 @@ class Container:
         """SIGTERM, then SIGKILL after ``grace`` seconds (the process group)."""
         if not self.running:
             return
-        self.kill_reason = reason
         self.w.agent.event(self.w.pod, "Normal", "Killing", f"Stopping container {self.name}: {reason}")
         deadline = time.monotonic() + grace
         # A preStop sleep (lifecycle.preStop.sleep) runs first, inside the grace period.

@@ -190,7 +190,7 @@ def pod(key: dict[str, str], gate: str | None = None, message: str = "") -> dict
 
 
 def step(s, old, jobs, dep, pods, now=NOW):
-    res = resolve.resolve(s, jobs, plan.rejected_of(old), plan._serving_dict(old))
+    res = resolve.resolve(s, jobs, plan.rejected_of(old), plan.serving_of(old))
     obs = plan.Observed(generation=1, deployment=dep, pods=pods, now=now)
     return plan.compute(s, old, res, obs, "http://assistant.ns.svc", "assistant")
 

@@ -103,7 +103,7 @@ def _complete(deployment: dict[str, Any] | None, key: dict[str, str]) -> bool:
     )
 
 
-def _serving_dict(status: dict[str, Any]) -> dict[str, ServingRevision]:
+def serving_of(status: dict[str, Any]) -> dict[str, ServingRevision]:
     return {s["name"]: ServingRevision.model_validate(s) for s in status.get("serving") or []}
 
 
@@ -121,7 +121,7 @@ def compute(
 ) -> Plan:
     events: list[Event] = []
     now = _fmt(obs.now)
-    serving = _serving_dict(old)
+    serving = serving_of(old)
     rejected = rejected_of(old)
     rollout: dict[str, Any] | None = dict(old["rollout"]) if old.get("rollout") else None
     history: list[dict[str, Any]] = list(old.get("history") or [])
@@ -222,8 +222,10 @@ def compute(
     progressing = rollout is not None and rollout.get("phase") == "Progressing"
     problems = {n: p for n, p in resolution.problems.items() if n not in resolution.pending}
     first_problem = next(iter(problems.values()), None)
-    last_done = history[0] if history else None
-    rolled_back = last_done is not None and last_done.get("phase") in ("RolledBack", "Failed")
+    # The last finished rollout, if it failed (rolled back, or a first rollout with nothing to go back to).
+    failed = history[0] if history and history[0].get("phase") in ("RolledBack", "Failed") else None
+    # While a new rollout runs, an earlier failure no longer degrades the deployment.
+    failure_now = failed if not progressing else None
 
     ready = bool(serving) and want > 0 and ready_replicas >= want
     conds = [
@@ -244,20 +246,18 @@ def compute(
         },
         {
             "type": "Degraded",
-            "status": "True" if first_problem or (rolled_back and not progressing) else "False",
+            "status": "True" if first_problem or failure_now else "False",
             "reason": first_problem.reason
             if first_problem
-            else ((last_done or {}).get("reason") if rolled_back and not progressing else "AsExpected"),
+            else (failure_now or {}).get("reason", "AsExpected"),
             "message": "; ".join(f"{n}: {p.message}" for n, p in problems.items())
-            or ((last_done or {}).get("message", "") if rolled_back and not progressing else ""),
+            or (failure_now or {}).get("message", ""),
         },
         {
             "type": "RolledBack",
-            "status": "True"
-            if rolled_back and last_done and last_done.get("phase") == "RolledBack"
-            else "False",
-            "reason": (last_done or {}).get("reason") or "NotRolledBack" if rolled_back else "NotRolledBack",
-            "message": (last_done or {}).get("message", "") if rolled_back else "",
+            "status": "True" if failed and failed.get("phase") == "RolledBack" else "False",
+            "reason": (failed or {}).get("reason") or "NotRolledBack",
+            "message": (failed or {}).get("message", ""),
         },
         {
             "type": "PromotionPending",

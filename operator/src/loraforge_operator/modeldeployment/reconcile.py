@@ -76,7 +76,7 @@ class ModelDeploymentReconciler:
             return new_status
 
         deployment = observed.get(("Deployment", ns, name))
-        serving = plan._serving_dict(old_status)
+        serving = plan.serving_of(old_status)
         resolution = resolve.resolve(spec, finetunejobs, plan.rejected_of(old_status), serving)
         obs = plan.Observed(generation=generation, deployment=deployment, pods=pods, now=self.clock())
         p = plan.compute(spec, old_status, resolution, obs, builders.endpoint(owner, spec), name)
