@@ -52,6 +52,7 @@ def components(v: Versions) -> list[Component]:
         Component("etcd", v.etcd, ("etcd",)),
         Component("kwok", v.kwok, ("kwok",)),
         Component("helm", v.helm, ("helm",)),
+        Component("metrics-server", v.metrics_server, ("metrics-server",)),
     ]
 
 
@@ -276,11 +277,20 @@ def _build_helm(c: Component) -> None:
     )
 
 
+def _build_metrics_server(c: Component) -> None:
+    _go_install(
+        c,
+        "sigs.k8s.io/metrics-server/cmd/metrics-server",
+        f"-s -w -X k8s.io/client-go/pkg/version.gitVersion={c.version}",
+    )
+
+
 _BUILDERS = {
     "kubernetes": _build_kubernetes,
     "etcd": _build_etcd,
     "kwok": _build_kwok,
     "helm": _build_helm,
+    "metrics-server": _build_metrics_server,
 }
 
 

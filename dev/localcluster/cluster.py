@@ -9,6 +9,7 @@ The admin kubeconfig is written to ``<state>/kubeconfig``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -41,7 +42,17 @@ NODE_LEASE_SECONDS = 40
 
 # Start order; `down` stops in reverse. The local node agent (dev/localnode)
 # runs the pods bound to node `local` as processes; kwok fakes the rest.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "localnode")
+# metrics-server serves the Metrics API from the local node's usage.
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "localnode",
+    "metrics-server",
+)
+METRICS_API = "v1beta1.metrics.k8s.io"
 
 
 def harness_digest() -> str:
@@ -72,6 +83,7 @@ class Ports:
     kwok: int
     localnode: int
     kubelet: int  # the local node's kubelet API
+    metrics_server: int
 
     @classmethod
     def pick_free(cls) -> Ports:
@@ -227,6 +239,8 @@ class LocalCluster:
                 code, body = self._get(ports.scheduler, "/healthz", insecure)
             elif name == "localnode":
                 code, body = self._get(ports.localnode, "/healthz", None)
+            elif name == "metrics-server":
+                code, body = self._get(ports.metrics_server, "/livez", insecure)
             else:
                 code, body = self._get(ports.kwok, "/healthz", None)
         except (OSError, ssl.SSLError) as e:
@@ -358,6 +372,29 @@ class LocalCluster:
                 # clusters' pods (a test's private one) never share an address.
                 f"--pod-subnet=127.0.{zlib.crc32(str(self.dir).encode()) % 250 + 1}",
             ]
+        if name == "metrics-server":
+            kc = str(cfg / "metrics-server.kubeconfig")
+            return [
+                str(bins["metrics-server"]),
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                f"--bind-address={LOOPBACK}",
+                f"--secure-port={ports.metrics_server}",
+                f"--tls-cert-file={p / 'metrics-server-serving.crt'}",
+                f"--tls-private-key-file={p / 'metrics-server-serving.key'}",
+                # Only the local node has a kubelet API; kwok's fake nodes have none.
+                "--node-selector=loraforge.io/local-node=true",
+                "--kubelet-use-node-status-port",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={p / 'ca.crt'}",
+                f"--kubelet-client-certificate={p / 'metrics-server.crt'}",
+                f"--kubelet-client-key={p / 'metrics-server.key'}",
+                # The shortest resolution metrics-server accepts (its default is 60s); it
+                # must exceed the kubelet request timeout by a tenth.
+                "--metric-resolution=10s",
+                "--kubelet-request-timeout=5s",
+            ]
         raise ValueError(name)
 
     # --- lifecycle ----------------------------------------------------------
@@ -480,6 +517,25 @@ class LocalCluster:
         pairs = dict(p.split("=", 1) for p in out.split() if "=" in p)
         return bool(pairs) and all(v == "True" for v in pairs.values()), out
 
+    def _apply_metrics_api(self, ports: Ports) -> None:
+        """metrics-server's RBAC and APIService; first, as it reads the front proxy CA when it starts."""
+        ca = base64.b64encode((self.pki_dir / "ca.crt").read_bytes()).decode()
+        text = (MANIFESTS_DIR / "metrics-server.yaml").read_text()
+        text = text.replace("${PORT}", str(ports.metrics_server)).replace("${CA_BUNDLE}", ca)
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=text)
+
+    def _metrics_api_available(self) -> tuple[bool, str]:
+        out = self.kubectl(
+            "get",
+            "apiservice",
+            METRICS_API,
+            "-o",
+            'jsonpath={.status.conditions[?(@.type=="Available")].status} '
+            '{.status.conditions[?(@.type=="Available")].message}',
+            check=False,
+        ).stdout
+        return out.startswith("True"), out
+
     def _default_sa(self) -> tuple[bool, str]:
         proc = self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False)
         return proc.returncode == 0, proc.stderr.strip()
@@ -502,6 +558,8 @@ class LocalCluster:
             try:
                 for name in COMPONENTS:
                     t0 = time.monotonic()
+                    if name == "metrics-server":
+                        self._apply_metrics_api(ports)
                     rec = self._spawn(name, self._argv(name, ports, bins))
                     procs.append(rec)
                     self._save_state(ports, procs)
@@ -510,6 +568,7 @@ class LocalCluster:
                 self._create_nodes()
                 self._wait_for("the fake nodes to become Ready", self._nodes_ready, timeout)
                 self._wait_for("the default ServiceAccount", self._default_sa, timeout)
+                self._wait_for(f"the Metrics API ({METRICS_API})", self._metrics_api_available, timeout)
             except BaseException:
                 _log("start-up failed; stopping what was started")
                 self._stop_locked()

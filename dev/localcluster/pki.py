@@ -53,7 +53,13 @@ CLIENTS = (
     # leases and events across all namespaces, so it gets cluster-admin rights
     # (it is test tooling, never part of an installation).
     ClientIdentity("kwok", "kwok-controller", ("system:masters",)),
+    # metrics-server: one identity towards the API server (RBAC in
+    # manifests/metrics-server.yaml) and towards the local node's kubelet API.
+    ClientIdentity("metrics-server", "system:metrics-server"),
 )
+# The aggregator checks an extension API server's certificate against its
+# Service's name, <name>.<namespace>.svc.
+METRICS_SERVER_DNS_NAME = "metrics-server.kube-system.svc"
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -215,6 +221,13 @@ def generate(pki_dir: Path) -> None:
         ca.issue("system:node:local", server=True, dns_names=("local",), ip_addresses=("127.0.0.1",)),
     )
     _write_pair(pki_dir, "apiserver-kubelet-client", ca.issue("kube-apiserver-kubelet-client", client=True))
+    _write_pair(
+        pki_dir,
+        "metrics-server-serving",
+        ca.issue(
+            "metrics-server", server=True, dns_names=(METRICS_SERVER_DNS_NAME,), ip_addresses=("127.0.0.1",)
+        ),
+    )
     for ident in CLIENTS:
         _write_pair(
             pki_dir,

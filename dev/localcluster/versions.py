@@ -13,6 +13,7 @@ _KEYS = {
     "ETCD_VERSION": "etcd",
     "KWOK_VERSION": "kwok",
     "HELM_VERSION": "helm",
+    "METRICS_SERVER_VERSION": "metrics_server",
 }
 _SEMVER = re.compile(r"v\d+\.\d+\.\d+")
 
@@ -23,6 +24,7 @@ class Versions:
     etcd: str
     kwok: str
     helm: str
+    metrics_server: str
 
 
 def parse_versions(text: str, source: str = "versions.env") -> Versions:

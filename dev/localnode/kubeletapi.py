@@ -1,12 +1,14 @@
-"""The part of the kubelet's HTTPS API that ``kubectl logs`` uses.
+"""The parts of the kubelet's HTTPS API that ``kubectl logs`` and metrics-server use.
 
 The API server proxies ``kubectl logs`` to the node's kubelet endpoint
 (``status.daemonEndpoints.kubeletEndpoint``) at
 ``GET /containerLogs/<namespace>/<pod>/<container>``. This serves it from the
 local node's log files, with ``follow``, ``previous``, ``tailLines`` and
-``limitBytes``. TLS with the cluster CA's serving certificate; only a client
-certificate signed by that CA is let in (the API server's kubelet-client
-identity). ``exec``, ``attach`` and ``port-forward`` are not offered.
+``limitBytes``. ``GET /metrics/resource`` is the resource usage metrics-server
+scrapes (``usage.py``). TLS with the cluster CA's serving certificate; only a
+client certificate signed by that CA is let in (the API server's
+kubelet-client identity, metrics-server's). ``exec``, ``attach`` and
+``port-forward`` are not offered.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
+
+from . import usage
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -50,13 +54,39 @@ def serve(agent: Agent, port: int, cert: Path, key: Path, client_ca: Path) -> Th
                 return None
             return next((c for c in worker.init_containers + worker.containers if c.name == name), None)
 
+        def _resource_metrics(self) -> None:
+            with agent._lock:
+                workers = list(agent.workers.values())
+            running = [
+                usage.ContainerUsage(
+                    namespace=w.pod["metadata"]["namespace"],
+                    pod=w.pod["metadata"]["name"],
+                    container=c.name,
+                    session=c.proc.pid,
+                    start_time=c.started_epoch,
+                )
+                for w in workers
+                for c in w.containers
+                if c.running and c.proc is not None
+            ]
+            body = usage.resource_metrics(running).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_GET(self) -> None:
             url = urlparse(self.path)
             parts = [unquote(p) for p in url.path.strip("/").split("/")]
             if parts == ["healthz"]:
                 return self._fail(200, "ok")
+            if parts == ["metrics", "resource"]:
+                return self._resource_metrics()
             if len(parts) != 4 or parts[0] != "containerLogs":
-                return self._fail(404, "only /containerLogs/<namespace>/<pod>/<container> is served")
+                return self._fail(
+                    404, "only /containerLogs/<namespace>/<pod>/<container> and /metrics/resource are served"
+                )
             q = {k: v[-1] for k, v in parse_qs(url.query).items()}
             c = self._container(parts[1], parts[2], parts[3])
             if c is None:

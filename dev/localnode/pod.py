@@ -52,6 +52,7 @@ class Container:
         self.state: Obj = {"waiting": {"reason": "ContainerCreating"}}
         self.last_state: Obj = {}
         self.started_at = ""
+        self.started_epoch = 0.0  # for the resource metrics (container_start_time_seconds)
         self.started_mono = 0.0
         self.probes: dict[str, probes.Probe] = {}
         self.backoff = 0.0
@@ -158,6 +159,7 @@ class Container:
             )
         self.reaped = False
         self.started_at = now_iso()
+        self.started_epoch = time.time()
         self.started_mono = time.monotonic()
         self.state = {"running": {"startedAt": self.started_at}}
         self.probes = probes.probes_for(self.spec, self.started_mono)

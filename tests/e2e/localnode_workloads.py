@@ -39,6 +39,20 @@ def model_store(kube: Kube, ns: str, base_model_dir: Path, folder: Path) -> Path
     return folder
 
 
+def random_adapter(base_model_dir: Path, store: Path, path: str) -> str:
+    """An untrained LoRA adapter (random weights: it answers unlike the base model) saved with peft at
+    ``path`` in the model store, for tests about serving rather than training; returns ``path``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(store / path)
+    return path
+
+
 def finetunejob(name: str, adapter: str, **training: Any) -> dict[str, Any]:
     """A short real LoRA run on the local node (4 packed steps of 4 x 256 tokens by default)."""
     evaluation = training.pop("evaluation", {"minImprovement": 0.01})
@@ -92,10 +106,16 @@ class ReadyPodClient(threading.Thread):
     here), round robin, and records every failure."""
 
     def __init__(
-        self, list_pods: Callable[[], list[dict[str, Any]]], prompt: str, adapter: str, pause: float
+        self,
+        list_pods: Callable[[], list[dict[str, Any]]],
+        prompt: str,
+        adapter: str,
+        pause: float,
+        max_new_tokens: int = 4,
     ):
         super().__init__(daemon=True)
         self.list_pods, self.prompt, self.adapter, self.pause = list_pods, prompt, adapter, pause
+        self.max_new_tokens = max_new_tokens
         self.stop = threading.Event()
         self.ok = 0
         self.errors: list[str] = []
@@ -121,7 +141,9 @@ class ReadyPodClient(threading.Thread):
             pod = pods[next(turn) % len(pods)]
             client = InferenceClient(base_url=f"http://{pod['status']['podIP']}:8080", timeout=60)
             try:
-                client.text_generation(self.prompt, adapter_id=self.adapter, max_new_tokens=4)
+                client.text_generation(
+                    self.prompt, adapter_id=self.adapter, max_new_tokens=self.max_new_tokens
+                )
                 self.ok += 1
             except Exception as e:
                 self.errors.append(f"{pod['metadata']['name']}: {type(e).__name__}: {e}")

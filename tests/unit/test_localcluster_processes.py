@@ -40,7 +40,7 @@ def _record(name: str, proc: subprocess.Popen, tick_offset: int = 0) -> ProcessR
 def _cluster_with(tmp_path: Path, records: list[ProcessRecord]) -> LocalCluster:
     cluster = LocalCluster(tmp_path / "cluster")
     cluster.dir.mkdir()
-    cluster._save_state(Ports(1, 2, 3, 4, 5, 6, 7, 8), records)
+    cluster._save_state(Ports(1, 2, 3, 4, 5, 6, 7, 8, 9), records)
     return cluster
 
 

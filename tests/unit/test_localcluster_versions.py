@@ -13,6 +13,7 @@ KUBERNETES_VERSION=v1.36.3
 ETCD_VERSION=v3.6.8
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v4.3.1
+METRICS_SERVER_VERSION=v0.9.0
 """
 
 
@@ -25,14 +26,20 @@ def test_the_repository_pins_a_recent_kubernetes_and_a_supported_etcd() -> None:
 
 def test_parse_versions_reads_every_pin() -> None:
     v = parse_versions(GOOD)
-    assert (v.kubernetes, v.etcd, v.kwok, v.helm) == ("v1.36.3", "v3.6.8", "v0.8.0", "v4.3.1")
+    assert (v.kubernetes, v.etcd, v.kwok, v.helm, v.metrics_server) == (
+        "v1.36.3",
+        "v3.6.8",
+        "v0.8.0",
+        "v4.3.1",
+        "v0.9.0",
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         (GOOD.replace("v3.6.8", "3.6.8"), "versions.env:4: ETCD_VERSION must be a release tag"),
-        (GOOD + "GO_VERSION=v1.26.0\n", "versions.env:7: expected one of"),
+        (GOOD + "GO_VERSION=v1.26.0\n", "versions.env:8: expected one of"),
         (GOOD.replace("HELM_VERSION=v4.3.1", ""), "missing HELM_VERSION"),
     ],
 )

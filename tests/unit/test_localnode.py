@@ -175,3 +175,45 @@ def test_http_probe_against_a_real_server() -> None:
         srv.server_close()
     ok, msg = probes.run_probe({"tcpSocket": {"port": port}}, container, "127.0.0.1", None)
     assert not ok and "probe error" in msg
+
+
+def test_resource_metrics_report_a_busy_sessions_cpu_in_the_kubelets_format() -> None:
+    """What metrics-server scrapes from the local node: the kubelet's metric names, labels and
+    millisecond timestamps, with the real CPU time of every process of a container's session."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from localnode import usage
+
+    # A container: a session leader whose child burns CPU (the child's time must count too).
+    burn = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'while True: pass'])"
+    proc = subprocess.Popen([sys.executable, "-c", burn], start_new_session=True)
+    try:
+        time.sleep(1.0)
+        started = time.time() - 1.0
+        c = usage.ContainerUsage("ns", "pod-0", "tgi", proc.pid, started)
+        gone = usage.ContainerUsage("ns", "pod-1", "tgi", 2**22 + 7, started)  # no such session
+        before = time.time()
+        text = usage.resource_metrics([c, gone])
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+    samples = {
+        (s.name, s.labels.get("pod")): s
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    cpu = samples[("container_cpu_usage_seconds_total", "pod-0")]
+    assert cpu.labels == {"container": "tgi", "namespace": "ns", "pod": "pod-0"}
+    assert 0.3 < cpu.value < 2.5  # about a second of one busy child (the parent sleeps)
+    assert cpu.timestamp is not None and abs(float(cpu.timestamp) - before) < 5
+    assert samples[("container_memory_working_set_bytes", "pod-0")].value > 1_000_000
+    assert samples[("container_start_time_seconds", "pod-0")].value == pytest.approx(started, abs=0.01)
+    assert ("container_cpu_usage_seconds_total", "pod-1") not in samples  # exited: not reported
+    assert samples[("node_cpu_usage_seconds_total", None)].value > cpu.value
+    assert samples[("node_memory_working_set_bytes", None)].value > 0
