@@ -36,6 +36,16 @@ def lint() -> bool:
     if gofmt.returncode != 0 or gofmt.stdout.strip():
         print(f"gofmt: not formatted:\n{gofmt.stdout}{gofmt.stderr}", flush=True)
         ok = False
+    # The images cannot be built here (no container engine): their Dockerfiles and scripts are linted.
+    bin_dir = Path(PY).parent
+    for tool in ("hadolint", "shellcheck"):
+        if not (bin_dir / tool).exists():
+            print(f"{tool} is not installed next to {PY} (requirements-dev.txt: make venv)", flush=True)
+            return False
+    dockerfiles = sorted(str(p.relative_to(REPO)) for p in (REPO / "images").glob("*/Dockerfile"))
+    ok = _run([str(bin_dir / "hadolint"), "--config", "images/.hadolint.yaml", *dockerfiles]) and ok
+    scripts = sorted(str(p.relative_to(REPO)) for p in (REPO / "images").glob("*.sh"))
+    ok = _run([str(bin_dir / "shellcheck"), *scripts]) and ok
     return ok
 
 

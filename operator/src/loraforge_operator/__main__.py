@@ -7,9 +7,12 @@ flags here choose what to watch and how to log.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 
 import kopf
+
+from . import peering
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,6 +27,17 @@ def main(argv: list[str] | None = None) -> None:
         "--liveness",
         default="http://0.0.0.0:8081/healthz",
         help="liveness endpoint URL, served by kopf (empty to disable)",
+    )
+    parser.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="run as one of several replicas coordinated through this kopf peering object "
+        "(high availability); default: standalone, one replica",
+    )
+    parser.add_argument(
+        "--priority",
+        type=int,
+        help="peering priority (the highest live replica works); default: the start time, newest wins",
     )
     parser.add_argument("--log-format", choices=["json", "plain"], default="json")
     parser.add_argument("--verbose", action="store_true")
@@ -40,8 +54,11 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from . import handlers  # noqa: F401  (registers the handlers)
 
+    if args.peering:
+        asyncio.run(peering.ensure(args.peering, args.namespace))
+
     kopf.run(
-        standalone=True,  # one replica (Deployment strategy Recreate); no peering objects needed
+        **peering.run_args(args.peering, args.priority),
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness or None,

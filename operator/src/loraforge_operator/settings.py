@@ -14,11 +14,16 @@ class Settings:
     # Default trainer image for FineTuneJobs that do not name one; the chart
     # points it at the private registry mirror.
     trainer_image: str = "loraforge/trainer:0.1.0"
+    # Pull policy of training pods (and of serving pods unless tgi_image_pull_policy says otherwise).
     image_pull_policy: str = "IfNotPresent"
+    # Secrets (docker-registry, in the workload's namespace) for pulling from a private
+    # registry: set on every training and serving pod, whose ServiceAccounts the operator owns.
+    image_pull_secrets: tuple[str, ...] = ()
     # UID/GID the trainer image runs as (numeric: runAsNonRoot can verify it).
     trainer_uid: int = 1000
     # Default serving image of ModelDeployments (TGI, mirrored into the private registry by the chart).
     tgi_image: str = "ghcr.io/huggingface/text-generation-inference:3.3.6"
+    tgi_image_pull_policy: str = "IfNotPresent"
     # UID/GID the serving pods run as (numeric, non-root).
     serving_uid: int = 1000
     # Seconds a smoke test of one adapter on one pod may take.
@@ -36,11 +41,15 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env
         d = cls()
+        pull_policy = e.get("LORAFORGE_IMAGE_PULL_POLICY", d.image_pull_policy)
         return cls(
             trainer_image=e.get("LORAFORGE_TRAINER_IMAGE", d.trainer_image),
-            image_pull_policy=e.get("LORAFORGE_IMAGE_PULL_POLICY", d.image_pull_policy),
+            image_pull_policy=pull_policy,
+            # Comma- or space-separated names.
+            image_pull_secrets=tuple(e.get("LORAFORGE_IMAGE_PULL_SECRETS", "").replace(",", " ").split()),
             trainer_uid=int(e.get("LORAFORGE_TRAINER_UID", d.trainer_uid)),
             tgi_image=e.get("LORAFORGE_TGI_IMAGE", d.tgi_image),
+            tgi_image_pull_policy=e.get("LORAFORGE_TGI_IMAGE_PULL_POLICY", pull_policy),
             serving_uid=int(e.get("LORAFORGE_SERVING_UID", d.serving_uid)),
             smoke_test_timeout=float(e.get("LORAFORGE_SMOKE_TEST_TIMEOUT", d.smoke_test_timeout)),
             field_manager=e.get("LORAFORGE_FIELD_MANAGER", d.field_manager),
@@ -48,6 +57,13 @@ class Settings:
             rendezvous_port=int(e.get("LORAFORGE_RENDEZVOUS_PORT", d.rendezvous_port)),
             watch_timeout=int(e.get("LORAFORGE_WATCH_TIMEOUT", d.watch_timeout)),
         )
+
+
+def pull_secrets(settings: Settings) -> dict[str, list[dict[str, str]]]:
+    """The pod spec's ``imagePullSecrets``, or nothing when none are configured."""
+    if not settings.image_pull_secrets:
+        return {}
+    return {"imagePullSecrets": [{"name": n} for n in settings.image_pull_secrets]}
 
 
 # Labels the operator puts on everything it creates.

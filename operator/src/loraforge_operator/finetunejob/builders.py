@@ -18,7 +18,14 @@ from typing import Any
 
 from ..owner import Owner as OwnedBy
 from ..pods import placement
-from ..settings import LABEL_COMPONENT, LABEL_FINETUNEJOB, LABEL_MANAGED_BY, MANAGED_BY, Settings
+from ..settings import (
+    LABEL_COMPONENT,
+    LABEL_FINETUNEJOB,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Settings,
+    pull_secrets,
+)
 from . import contract
 from .model import FineTuneJobSpec, Quantization
 
@@ -263,6 +270,7 @@ def job(owner: Owner, spec: FineTuneJobSpec, settings: Settings) -> Manifest:
         "volumes": volumes,
     }
     pod_spec.update(placement(r))
+    pod_spec.update(pull_secrets(settings))
     if multi_node:
         pod_spec["subdomain"] = contract.rendezvous_service_name(owner.name)
 

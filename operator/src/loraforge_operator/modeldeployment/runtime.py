@@ -19,6 +19,8 @@ PORT = 8080
 PRESTOP_SECONDS = 5
 # TGI's gauge of requests waiting in its queue, per pod (what the HPA targets).
 QUEUE_METRIC = "tgi_queue_size"
+# Where TGI serves its Prometheus metrics (on the API port).
+METRICS_PATH = "/metrics"
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -73,7 +75,7 @@ def container(spec: ModelDeploymentSpec, settings: Settings, revisions: dict[str
     return {
         "name": "tgi",
         "image": tgi.image or settings.tgi_image,
-        "imagePullPolicy": settings.image_pull_policy,
+        "imagePullPolicy": settings.tgi_image_pull_policy,
         "args": args,
         "env": [
             *({"name": k, "value": v} for k, v in OFFLINE_ENV.items()),
