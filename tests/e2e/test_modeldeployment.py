@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,18 @@ MODEL_DEPLOYMENT = {
 }
 
 
+def _rollouts(operator: OperatorProcess, result: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("loraforge_modeldeployment_rollouts_total{") and f'result="{result}"' in line
+    )
+
+
 def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_v3(
-    kube: Kube, ns: str
+    kube: Kube, ns: str, operator: OperatorProcess
 ) -> None:
     v1 = workloads.train(kube, ns, workloads.finetunejob("facts-1", "facts"))
     assert v1["status"]["adapter"]["revision"] == "v1", v1["status"]
@@ -170,6 +181,8 @@ def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_
     assert env["LORA_ADAPTERS"] == f"facts=/models/{v2['status']['adapter']['path']}"
     events = kube.get("events", "-n", ns, "--field-selector", "involvedObject.name=assistant")["items"]
     assert {"SmokeTestFailed", "RolledBack"} <= {e["reason"] for e in events}
+    # The operator counts rollouts by how they ended (v2 completed, v3 rolled back).
+    assert _rollouts(operator, "RolledBack") >= 1 and _rollouts(operator, "Complete") >= 1
     # Rolled back for good: no further rollout to v3 while the spec stays as it is.
     time.sleep(15)
     assert _md(kube, ns)["status"]["rollout"]["phase"] == "RolledBack"

@@ -106,6 +106,25 @@ def test_autoscaling_builds_an_hpa_on_tgi_queue_size_and_cpu_and_leaves_replicas
     assert builders.disruption_budget(owner, spec()) is None  # one fixed replica: no budget
 
 
+def test_service_monitor_is_built_only_when_asked_and_scrapes_tgi_metrics_on_the_http_port() -> None:
+    owner = builders.Owner("assistant", "team", "uid-1")
+    assert builders.service_monitor(owner, spec()) is None
+    s = spec(monitoring={"serviceMonitor": True, "interval": "15s", "labels": {"release": "prometheus"}})
+    sm = builders.service_monitor(owner, s)
+    assert sm is not None
+    assert (sm["apiVersion"], sm["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "prometheus"
+    assert sm["metadata"]["labels"]["loraforge.io/modeldeployment"] == "assistant"
+    assert sm["spec"]["selector"] == {"matchLabels": builders.service(owner, s)["spec"]["selector"]}
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": ["team"]}
+    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    # The Service's port the endpoint names exists.
+    assert [p["name"] for p in builders.service(owner, s)["spec"]["ports"]] == ["http"]
+    assert [c["kind"] for c in builders.children(owner, s, Settings(), {})][-1] == "ServiceMonitor"
+    with pytest.raises(ValidationError, match="interval"):
+        spec(monitoring={"serviceMonitor": True, "interval": "soon"})
+
+
 # --- resolution ------------------------------------------------------------------------------
 
 

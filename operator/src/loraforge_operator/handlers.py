@@ -50,6 +50,8 @@ MD_CHILD_KINDS = [
     ("", "v1", "services", "Service"),
     ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    # Optional, another project's API: where its CRD is missing, kopf warns once and watches nothing.
+    ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor"),
 ]
 # While a rollout runs, look again this often even without events (its deadline).
 ROLLOUT_RECHECK_SECONDS = 10.0

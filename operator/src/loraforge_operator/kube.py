@@ -33,6 +33,7 @@ _PLURAL = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "ModelDeployment": "modeldeployments",
     "Pod": "pods",
+    "ServiceMonitor": "servicemonitors",
 }
 
 

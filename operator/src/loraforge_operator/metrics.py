@@ -20,6 +20,11 @@ API_WRITES = Counter(
     "Write requests the operator sent to the Kubernetes API, by verb and kind.",
     ["verb", "kind"],
 )
+ROLLOUTS = Counter(
+    "loraforge_modeldeployment_rollouts_total",
+    "ModelDeployment rollouts that ended, by result (Complete, RolledBack, Failed).",
+    ["result"],
+)
 FINETUNEJOBS = Gauge(
     "loraforge_finetunejobs",
     "FineTuneJobs the operator knows, by phase.",

@@ -7,7 +7,8 @@ Children (deterministic names, all owned by the ModelDeployment):
   (``loraforge.io/adapters-verified``) that only the operator's smoke test
   sets, so an old pod goes only once a new one answers with its adapters;
 - ``<name>``  Service, ``<name>`` HorizontalPodAutoscaler (with
-  ``autoscaling``), ``<name>`` PodDisruptionBudget.
+  ``autoscaling``), ``<name>`` PodDisruptionBudget, ``<name>`` ServiceMonitor
+  (with ``monitoring.serviceMonitor``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,22 @@ from typing import Any
 from .. import api
 from ..owner import Owner as OwnedBy
 from ..pods import placement
-from ..settings import LABEL_COMPONENT, LABEL_MANAGED_BY, LABEL_MODELDEPLOYMENT, MANAGED_BY, Settings
+from ..settings import (
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_MODELDEPLOYMENT,
+    MANAGED_BY,
+    Settings,
+    pull_secrets,
+)
 from . import runtime
 from .model import ModelDeploymentSpec, ServingRevision
 
 Manifest = dict[str, Any]
 
+SERVICE_MONITOR_API_VERSION = "monitoring.coreos.com/v1"
+# Children that exist only when the spec asks for them; the others always exist.
+OPTIONAL_KINDS = frozenset({"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor"})
 # The pod condition the operator sets after a pod's smoke tests (a readiness gate).
 VERIFIED_CONDITION = f"{api.GROUP}/adapters-verified"
 # Template annotation: adapter name -> revision (or path) the pods of this template serve.
@@ -105,6 +116,7 @@ def deployment(
         "volumes": runtime.volumes(spec),
     }
     pod_spec.update(placement(r))
+    pod_spec.update(pull_secrets(settings))
     dep_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(owner)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": strategy},
@@ -188,6 +200,25 @@ def autoscaler(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | None:
     }
 
 
+def service_monitor(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | None:
+    """The Prometheus Operator's ServiceMonitor for the runtime's metrics, when asked for."""
+    m = spec.monitoring
+    if not m.service_monitor:
+        return None
+    meta = _meta(owner)
+    meta["labels"] = {**m.labels, **meta["labels"]}
+    return {
+        "apiVersion": SERVICE_MONITOR_API_VERSION,
+        "kind": "ServiceMonitor",
+        "metadata": meta,
+        "spec": {
+            "selector": {"matchLabels": selector_labels(owner)},
+            "namespaceSelector": {"matchNames": [owner.namespace]},
+            "endpoints": [{"port": "http", "path": runtime.METRICS_PATH, "interval": m.interval}],
+        },
+    }
+
+
 def disruption_budget(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | None:
     """At most one serving pod evicted at a time (node drains, cluster upgrades). None for a single fixed
     replica: a budget there would only block drains or promise nothing."""
@@ -207,7 +238,7 @@ def children(
 ) -> list[Manifest]:
     """Every child in apply order (the Deployment first: the rest refers to it)."""
     out = [deployment(owner, spec, settings, revisions), service(owner, spec)]
-    for m in (autoscaler(owner, spec), disruption_budget(owner, spec)):
+    for m in (autoscaler(owner, spec), disruption_budget(owner, spec), service_monitor(owner, spec)):
         if m is not None:
             out.append(m)
     return out

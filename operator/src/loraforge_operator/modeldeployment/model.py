@@ -265,6 +265,24 @@ class ServiceSettings(ApiModel):
     """Annotations for the Service (e.g. for an internal load balancer)."""
 
 
+class Monitoring(ApiModel):
+    """Prometheus scraping of the serving pods' metrics (TGI's `/metrics`: queue size, latencies, tokens)."""
+
+    service_monitor: bool = False
+    """Create a ServiceMonitor (monitoring.coreos.com/v1, the Prometheus Operator's API) named like the
+    deployment, selecting its Service's `http` port. Needs that API installed; without it the operator reports
+    a `ServiceMonitorUnavailable` event and serves on."""
+
+    interval: Annotated[str, Field(pattern=r"^[0-9]+(s|m)$", max_length=8)] = "30s"
+    """Scrape interval."""
+
+    labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=16)] = Field(
+        default_factory=dict
+    )
+    """Extra labels on the ServiceMonitor, for your Prometheus's `serviceMonitorSelector`
+    (e.g. `release: prometheus`)."""
+
+
 class ModelDeploymentSpec(ApiModel):
     """Desired state of a ModelDeployment."""
 
@@ -306,6 +324,9 @@ class ModelDeploymentSpec(ApiModel):
 
     service: ServiceSettings = Field(default_factory=ServiceSettings)
     """The Service."""
+
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    """Metrics scraping."""
 
     @model_validator(mode="after")
     def _rules(self) -> ModelDeploymentSpec:

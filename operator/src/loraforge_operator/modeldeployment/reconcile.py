@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes_asyncio.client.rest import ApiException
 from pydantic import ValidationError
 
-from .. import api
+from .. import api, metrics
 from ..conditions import merge_conditions, now_rfc3339
 from ..kube import Kube
 from ..settings import Settings
@@ -25,6 +27,10 @@ from .model import ModelDeploymentSpec
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+# Events that end a rollout -> the result counted in loraforge_modeldeployment_rollouts_total.
+ROLLOUT_ENDS = {"RolloutComplete": "Complete", "RolledBack": "RolledBack", "RolloutFailed": "Failed"}
+# How long to wait before writing a ServiceMonitor again where the API was missing.
+MONITORING_RETRY_SECONDS = 300.0
 
 
 def _spec_error(e: ValidationError) -> str:
@@ -53,6 +59,9 @@ class ModelDeploymentReconciler:
     status_writes: dict[Key, StatusWrite] = field(default_factory=dict)
     # Pod uid -> {owner, condition}: the gate the operator decided (set again if a write was lost).
     verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # ModelDeployment -> when its ServiceMonitor could not be written (the API is missing): one event,
+    # and a retry later rather than a failing write on every reconcile.
+    monitoring_unavailable: dict[Key, float] = field(default_factory=dict)
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
     async def reconcile(
@@ -81,11 +90,57 @@ class ModelDeploymentReconciler:
         obs = plan.Observed(generation=generation, deployment=deployment, pods=pods, now=self.clock())
         p = plan.compute(spec, old_status, resolution, obs, builders.endpoint(owner, spec), name)
         if p.template is not None:
-            for manifest in builders.children(owner, spec, self.settings, p.template):
-                await ensure_child(self.kube, self.memo, manifest, observed)
+            wanted = builders.children(owner, spec, self.settings, p.template)
+            for manifest in wanted:
+                if manifest["kind"] == "ServiceMonitor":
+                    await self._ensure_service_monitor(body, manifest, observed)
+                else:
+                    await ensure_child(self.kube, self.memo, manifest, observed)
+            await self._prune(owner, wanted, observed)
         await self._verify(owner, spec, pods)
         await self._write_status(body, old_status, p.status, p.events)
         return p.status
+
+    async def _ensure_service_monitor(
+        self, body: dict[str, Any], manifest: dict[str, Any], observed: dict[ChildKey, dict[str, Any]]
+    ) -> None:
+        """Optional, and in another project's API: where the cluster lacks it, say so and serve on. Tried
+        again after MONITORING_RETRY_SECONDS (the CRD may be installed later), not on every reconcile."""
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        failed_at = self.monitoring_unavailable.get(key)
+        if failed_at is not None and time.monotonic() - failed_at < MONITORING_RETRY_SECONDS:
+            return
+        try:
+            await ensure_child(self.kube, self.memo, manifest, observed)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            if failed_at is None:
+                self.post_event(
+                    body,
+                    "Warning",
+                    "ServiceMonitorUnavailable",
+                    "spec.monitoring.serviceMonitor is set but this cluster does not serve "
+                    f"{builders.SERVICE_MONITOR_API_VERSION} ServiceMonitors (the Prometheus Operator's "
+                    "CRDs); install them or unset it",
+                )
+            self.monitoring_unavailable[key] = time.monotonic()
+            return
+        self.monitoring_unavailable.pop(key, None)
+
+    async def _prune(
+        self, owner: builders.Owner, wanted: list[dict[str, Any]], observed: dict[ChildKey, dict[str, Any]]
+    ) -> None:
+        """Delete optional children the spec no longer asks for (an HPA left after a switch to fixed
+        replicas would keep resizing the Deployment). Only objects this ModelDeployment owns."""
+        keep = {(m["kind"], m["metadata"]["namespace"], m["metadata"]["name"]) for m in wanted}
+        for key, obj in list(observed.items()):
+            owners = {r.get("uid") for r in obj["metadata"].get("ownerReferences") or []}
+            if key[0] in builders.OPTIONAL_KINDS and key not in keep and owner.uid in owners:
+                log.info("deleting %s %s/%s: no longer in the spec", *key)
+                await self.kube.delete(obj["apiVersion"], *key)
+                self.memo.discard(key)
+                del observed[key]
 
     def _invalid(self, old: dict[str, Any], generation: int, message: str) -> dict[str, Any]:
         conds = [
@@ -123,6 +178,8 @@ class ModelDeploymentReconciler:
             events = [*events, plan.Event("Warning", new_degraded["reason"], new_degraded.get("message", ""))]
         for e in events:
             self.post_event(body, e.type, e.reason, e.message)
+            if e.reason in ROLLOUT_ENDS:
+                metrics.ROLLOUTS.labels(result=ROLLOUT_ENDS[e.reason]).inc()
 
     async def _verify(
         self, owner: builders.Owner, spec: ModelDeploymentSpec, pods: list[dict[str, Any]]
@@ -193,3 +250,4 @@ class ModelDeploymentReconciler:
 
     def forget(self, key: Key) -> None:
         self.status_writes.pop(key, None)
+        self.monitoring_unavailable.pop(key, None)
