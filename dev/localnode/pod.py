@@ -324,7 +324,10 @@ class PodWorker(threading.Thread):
             "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
             "KUBERNETES_PORT": f"tcp://{host}:{port}",
         }
-        return podenv.container_env(self.pod, spec, base, self.agent.lookup, self.agent.allocatable)
+        # As the kubelet, the agent knows the pod's IP before the watched copy shows it: fieldRefs to
+        # status.podIP resolve from its own view.
+        pod = {**self.pod, "status": {**(self.pod.get("status") or {}), **self.addresses()}}
+        return podenv.container_env(pod, spec, base, self.agent.lookup, self.agent.allocatable)
 
     def container_mounts(self, spec: Obj, env: dict[str, str]) -> list[Obj]:
         out = []
@@ -364,6 +367,14 @@ class PodWorker(threading.Thread):
             return "Succeeded" if all(code == 0 for code in codes) else "Failed"
         return "Running"
 
+    def addresses(self) -> Obj:
+        """The pod's and its node's IPs, as status fields."""
+        out: Obj = {"hostIP": self.agent.node_ip, "hostIPs": [{"ip": self.agent.node_ip}]}
+        if self.ip:
+            out["podIP"] = self.ip
+            out["podIPs"] = [{"ip": self.ip}]
+        return out
+
     def build_status(self, reason: str = "", message: str = "") -> Obj:
         containers_ready = bool(self.containers) and all(c.ready for c in self.containers)
         existing = [
@@ -388,13 +399,9 @@ class PodWorker(threading.Thread):
                 self._cond("ContainersReady", containers_ready, not_ready),
                 self._cond("Ready", ready, not_ready if not containers_ready else "ReadinessGatesNotReady"),
             ],
-            "hostIP": self.agent.node_ip,
-            "hostIPs": [{"ip": self.agent.node_ip}],
+            **self.addresses(),
             "containerStatuses": [c.status() for c in self.containers],
         }
-        if self.ip:
-            status["podIP"] = self.ip
-            status["podIPs"] = [{"ip": self.ip}]
         if self.start_time:
             status["startTime"] = self.start_time
         if self.init_containers:

@@ -310,7 +310,8 @@ def test_volumes_env_and_the_service_account_token_reach_the_container(kube: Kub
         namespace=ns,
     )
     script = (
-        'set -e; test "$GREETING" = hello; test "$POD_NAME" = env; test "$POD_IP" = "$MY_IP";'
+        'set -e; test "$GREETING" = hello; test "$POD_NAME" = env;'
+        ' test -n "$POD_IP"; test "$POD_IP" = "$MY_IP";'
         ' test "$(cat /etc/settings/greeting)" = hello; test ! -e /etc/settings/other;'
         ' test "$(cat /etc/podinfo/labels)" = \'app="probe"\';'
         " test -s /var/run/secrets/kubernetes.io/serviceaccount/token;"
