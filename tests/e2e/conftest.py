@@ -103,6 +103,17 @@ def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
     op.stop()
 
 
+@pytest.fixture(scope="module")
+def session_operator_paused(operator: OperatorProcess) -> Iterator[None]:
+    """The session's operator stopped for a module that runs an operator of its own (one that must be the
+    only one reconciling its objects), and started again after it."""
+    operator.stop()
+    try:
+        yield
+    finally:
+        operator.start()
+
+
 @pytest.fixture
 def model_store(kube: Kube, namespace: str) -> Iterator[str]:
     """A bound `loraforge-model-store` claim in the test namespace."""

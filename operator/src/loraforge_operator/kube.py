@@ -8,6 +8,7 @@ an idle operator writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -37,6 +38,25 @@ _PLURAL = {
 }
 
 
+# A call refused with Retry-After (429 from API priority and fairness, or a 5xx
+# that names one) is sent again after that long, this many times in all, before
+# the error reaches the reconcile (which then retries with its own backoff).
+RETRY_AFTER_ATTEMPTS = 3
+RETRY_AFTER_MAX_SECONDS = 60.0
+
+
+def retry_after(error: Exception) -> float | None:
+    """Seconds the API server asked us to wait (its Retry-After header), if it did."""
+    if not isinstance(error, ApiException) or not (error.status == 429 or (error.status or 0) >= 500):
+        return None
+    value = (error.headers or {}).get("Retry-After")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:  # the HTTP-date form; the API server sends seconds
+        return None
+    return None if seconds is None else min(max(seconds, 0.0), RETRY_AFTER_MAX_SECONDS)
+
+
 def _path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
     prefix = _PREFIX.get(api_version, f"/apis/{api_version}")
     path = f"{prefix}/namespaces/{namespace}/{_PLURAL[kind]}"
@@ -49,6 +69,8 @@ class Kube:
     def __init__(self, api_client: client.ApiClient, field_manager: str):
         self.api = api_client
         self.field_manager = field_manager
+        # Retry-After applies to the client, not to one request: until then, no call is sent.
+        self._not_before = 0.0
 
     @classmethod
     async def connect(cls, field_manager: str) -> Kube:
@@ -65,16 +87,31 @@ class Kube:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        return await self.api.call_api(
-            path,
-            method,
-            query_params=query or [],
-            header_params=headers,
-            body=body,
-            response_types_map={200: "object", 201: "object"},
-            auth_settings=["BearerToken"],
-            _return_http_data_only=True,
-        )
+        loop = asyncio.get_running_loop()
+        for attempt in range(1, RETRY_AFTER_ATTEMPTS + 1):
+            wait = self._not_before - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                return await self.api.call_api(
+                    path,
+                    method,
+                    query_params=query or [],
+                    header_params=headers,
+                    body=body,
+                    response_types_map={200: "object", 201: "object"},
+                    auth_settings=["BearerToken"],
+                    _return_http_data_only=True,
+                )
+            except ApiException as e:
+                delay = retry_after(e)
+                if delay is None:
+                    raise
+                self._not_before = max(self._not_before, loop.time() + delay)
+                if attempt == RETRY_AFTER_ATTEMPTS:
+                    raise
+                log.info("%s %s: %s, retrying after %.0fs as asked", method, path, e.status, delay)
+        raise AssertionError("unreachable")
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply; conflicts with other managers are forced (the

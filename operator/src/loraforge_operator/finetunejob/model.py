@@ -20,9 +20,10 @@ from ..schema import ApiModel, cel, cel_rules
 # so neither `..` nor hidden folders can be named.
 RELATIVE_PATH = r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-# Kubernetes resource.Quantity, as apimachinery's OpenAPI spells it.
+# Kubernetes resource.Quantity, as apimachinery's OpenAPI spells it, without the minus sign: every
+# quantity loraforge takes (memory, CPU, shared memory, a queue target) is a size, and pods refuse < 0.
 QUANTITY = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 HF_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -229,6 +230,15 @@ class TrainingSettings(ApiModel):
 class Toleration(ApiModel):
     """A toleration of the training pods (core/v1 Toleration)."""
 
+    # What core/v1 requires of a Pod's toleration; unchecked here, the Job or Deployment would be refused.
+    model_config = cel_rules(
+        cel("has(self.key) || self.operator == 'Exists'", "a toleration without key needs operator Exists"),
+        cel(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds needs effect NoExecute",
+        ),
+    )
+
     key: Annotated[str, Field(max_length=316)] | None = None
     """Taint key; empty with operator Exists matches every taint."""
 
@@ -243,6 +253,14 @@ class Toleration(ApiModel):
 
     toleration_seconds: int | None = None
     """With NoExecute: how long the pod stays bound after the taint appears."""
+
+    @model_validator(mode="after")
+    def _key_or_exists(self) -> Toleration:
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("a toleration without key needs operator Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
 
 
 class Resources(ApiModel):
@@ -396,7 +414,7 @@ class FineTuneJobSpec(ApiModel):
     pod_metadata: PodMetadata = Field(default_factory=PodMetadata)
     """Extra labels and annotations for the training pods."""
 
-    image: Annotated[str, Field(max_length=512)] | None = None
+    image: Annotated[str, Field(max_length=512, pattern=r"^\S+$")] | None = None
     """Trainer image. Default: the operator's configured trainer image (from your registry mirror)."""
 
     backoff_limit: Annotated[int, Field(ge=0, le=20)] = 2

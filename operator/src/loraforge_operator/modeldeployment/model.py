@@ -10,6 +10,7 @@ here in validators.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -110,7 +111,7 @@ class ServedAdapter(ApiModel):
 class TGISettings(ApiModel):
     """text-generation-inference settings."""
 
-    image: Annotated[str, Field(max_length=512)] | None = None
+    image: Annotated[str, Field(max_length=512, pattern=r"^\S+$")] | None = None
     """TGI image, mirrored into your registry. Default: the operator's setting (the chart's values)."""
 
     quantize: Literal["bitsandbytes", "bitsandbytes-nf4", "bitsandbytes-fp4", "eetq", "fp8"] | None = None
@@ -186,11 +187,23 @@ class ScalingBehavior(ApiModel):
     """At most this many pods removed per minute."""
 
 
+def _positive(quantity: str) -> bool:
+    """Whether a Kubernetes quantity is above zero (its suffix or exponent cannot change the sign)."""
+    return re.match(r"^\+?[0-9.]*[1-9]", quantity) is not None
+
+
 class Autoscaling(ApiModel):
     """An autoscaling/v2 HorizontalPodAutoscaler for the serving Deployment. Set at least one target."""
 
     model_config = cel_rules(
         cel("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= maxReplicas"),
+        # The HPA refuses a zero or negative target, which would leave the operator retrying.
+        cel(
+            # A regex, not quantity(): parsing a huge exponent can take the API server past its timeout.
+            "!has(self.queueSizeTarget) || self.queueSizeTarget.matches('^[+]?[0-9.]*[1-9]')",
+            "autoscaling.queueSizeTarget must be positive",
+            field_path=".queueSizeTarget",
+        ),
         cel(
             "has(self.queueSizeTarget) || has(self.cpuUtilization)",
             "set autoscaling.queueSizeTarget, autoscaling.cpuUtilization, or both",
@@ -217,6 +230,8 @@ class Autoscaling(ApiModel):
     def _rules(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError("autoscaling.minReplicas must be <= maxReplicas")
+        if self.queue_size_target is not None and not _positive(self.queue_size_target):
+            raise ValueError("autoscaling.queueSizeTarget must be positive")
         if self.queue_size_target is None and self.cpu_utilization is None:
             raise ValueError("set autoscaling.queueSizeTarget, autoscaling.cpuUtilization, or both")
         return self
@@ -225,7 +240,7 @@ class Autoscaling(ApiModel):
 class Rollout(ApiModel):
     """How a new adapter revision reaches every replica."""
 
-    max_surge: Annotated[int, Field(ge=0, le=100)] = 1
+    max_surge: Annotated[int, Field(ge=1, le=100)] = 1
     """Extra pods started during a rollout (each needs its GPUs). Old pods go only after new ones passed
     their smoke tests (maxUnavailable 0), so serving capacity never drops."""
 

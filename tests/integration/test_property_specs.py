@@ -1,0 +1,249 @@
+"""Property-based tests of bad input: hypothesis generates FineTuneJob and
+ModelDeployment specs from the CRDs' own schemas (values inside, at and past
+each limit, strings that match each pattern and ones that do not, wrong types,
+unknown fields) and sends each to the real API server (server-side dry run:
+OpenAPI validation, CEL rules and defaults all run).
+
+- Every rejected spec is rejected with a message that names a field of it.
+- Every admitted spec (as stored, defaults filled in) is what the operator acts
+  on: its model either parses it or gives the clear, permanent SpecInvalid
+  failure with a message; when it parses, every child the operator would
+  apply is itself accepted by the API server, pods under Pod Security
+  "restricted" (a child the API server refused would make the operator retry
+  forever instead of failing clearly).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from loraforge_operator import api
+from loraforge_operator.finetunejob import builders as ftj_builders
+from loraforge_operator.finetunejob import status as ftj_status
+from loraforge_operator.finetunejob.model import FineTuneJobSpec
+from loraforge_operator.kube import _path
+from loraforge_operator.modeldeployment import builders as md_builders
+from loraforge_operator.modeldeployment.model import ModelDeploymentSpec, ServingRevision
+from loraforge_operator.modeldeployment.reconcile import _spec_error
+from loraforge_operator.settings import Settings
+from tests.finetunejob_cases import VALID_SPEC as FTJ_VALID
+from tests.finetunejob_cases import merge
+from tests.kube import Kube
+
+REPO = Path(__file__).resolve().parents[2]
+MD_VALID = {
+    "baseModel": {"path": "base/smollm2-135m-instruct"},
+    "adapters": [{"name": "facts", "from": {"adapter": "facts"}}],
+}
+EXAMPLES = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,  # the same examples every run: a failure reproduces, CI does not flake
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+def _spec_schema(crd_file: str) -> dict[str, Any]:
+    crd = yaml.safe_load((REPO / "crds" / crd_file).read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def _wrong_type() -> st.SearchStrategy[Any]:
+    return st.one_of(st.integers(-3, 3), st.text(max_size=5), st.booleans(), st.just([]), st.just({}))
+
+
+def _from_schema(schema: dict[str, Any], valid: bool, depth: int = 0) -> st.SearchStrategy[Any]:
+    """Values for ``schema``: with ``valid``, inside its limits and patterns (cross-field rules are left
+    to chance); without, also at and past each limit, off-pattern, and of other types."""
+    t = schema.get("type")
+    if "enum" in schema:
+        main = st.sampled_from(schema["enum"] if valid else [*schema["enum"], "NotAnEnumValue"])
+    elif t == "integer":
+        lo, hi = schema.get("minimum", 0), schema.get("maximum", 2**31 - 1)
+        edges = [lo, hi] if valid else [lo - 1, lo, hi, hi + 1]
+        main = st.one_of(st.sampled_from(edges), st.integers(lo, min(hi, lo + 4096)))
+    elif t == "number":
+        lo, hi = schema.get("minimum", 0.0), schema.get("maximum", 10.0)
+        edges = [lo, hi] if valid else [lo, hi, lo - 0.5, hi + 0.5]
+        main = st.one_of(st.sampled_from(edges), st.floats(lo, hi, allow_nan=False))
+    elif t == "boolean":
+        main = st.booleans()
+    elif t == "string":
+        max_len = min(schema.get("maxLength", 40), 40)
+        if "pattern" in schema:
+            matching = st.from_regex(schema["pattern"], fullmatch=True).filter(lambda s: len(s) <= max_len)
+            main = matching if valid else st.one_of(matching, st.text(max_size=12))
+        else:
+            main = st.text(min_size=1, max_size=max_len) if valid else st.text(max_size=12)
+        if schema.get("x-kubernetes-int-or-string"):
+            main = st.one_of(main, st.integers(0, 100))
+    elif t == "array":
+        item = _from_schema(schema.get("items") or {}, valid, depth + 1)
+        main = st.lists(item, min_size=schema.get("minItems", 0), max_size=3)
+    elif t == "object" and "properties" in schema and depth < 6:
+        props = schema["properties"]
+        required = set(schema.get("required") or [])
+        optional = {k: _from_schema(v, valid, depth + 1) for k, v in props.items() if k not in required}
+        fixed = {k: _from_schema(v, valid, depth + 1) for k, v in props.items() if k in required}
+        main = st.fixed_dictionaries(fixed, optional=optional)
+    elif t == "object":
+        # Maps (nodeSelector, pod labels and annotations) get Kubernetes-valid keys and values only:
+        # the CRD does not check them yet (KNOWN GAP below, docs/reliability.md).
+        keys = st.from_regex(r"[a-z]([a-z0-9.-]{0,10}[a-z0-9])?(/[a-z0-9]{1,8})?", fullmatch=True)
+        values = st.from_regex(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,20}[A-Za-z0-9])?)?", fullmatch=True)
+        main = st.dictionaries(keys, values, max_size=3)
+    else:
+        main = st.integers(0, 3)
+    return main if valid else st.one_of(main, main, main, _wrong_type())
+
+
+def _specs(crd_file: str, valid: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """A valid spec with some fields replaced by generated ones: half the time all within the schema's
+    limits, otherwise anything, sometimes with a field the schema does not know."""
+    schema = _spec_schema(crd_file)
+
+    def partial(ok: bool) -> st.SearchStrategy[dict[str, Any]]:
+        fields = {k: _from_schema(v, ok, 1) for k, v in schema["properties"].items()}
+        extra = {} if ok else {"unknownField": st.integers()}
+        return st.fixed_dictionaries({}, optional={**fields, **extra})
+
+    return st.one_of(partial(True), partial(False)).map(lambda p: merge(copy.deepcopy(valid), p))
+
+
+def _dry_run_create(
+    client, manifest: dict[str, Any], namespace: str, dry: bool = True
+) -> tuple[int, str, list[str]]:
+    """POST ``manifest`` with dryRun=All and strict field validation: (HTTP status, message, warnings)."""
+    params = client.param_serialize(
+        "POST",
+        _path(manifest["apiVersion"], manifest["kind"], namespace),
+        query_params=[("fieldValidation", "Strict"), *([("dryRun", "All")] if dry else [])],
+        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        body=manifest,
+        auth_settings=["BearerToken"],
+    )
+    resp = client.call_api(*params)
+    data = resp.read().decode()
+    if resp.status >= 300:
+        return resp.status, json.loads(data).get("message", data), []
+    warnings = [v for k, v in resp.getheaders().items() if k.lower() == "warning"]
+    return resp.status, data, warnings
+
+
+# How the API server names a field: `spec.training.epochs: Invalid value`, `spec.adapters[0].from: ...`,
+# `spec: Invalid value` (a rule on the whole spec), `unknown field "spec.x"`.
+FIELD = re.compile(r'(^|[\s"[])\.?spec(\.[A-Za-z0-9_.\[\]]+)?(:|")')
+
+
+def _names_a_field(message: str) -> bool:
+    return FIELD.search(message) is not None
+
+
+def _check_children(client, children: list[dict[str, Any]], namespace: str) -> None:
+    for child in children:
+        if child["kind"] == "ServiceMonitor":
+            continue  # another project's API, absent here (the operator reports ServiceMonitorUnavailable)
+        meta = {k: v for k, v in child["metadata"].items() if k != "ownerReferences"}
+        child = {**child, "metadata": {**meta, "namespace": namespace}}
+        # The ServiceAccount is created for real: the pod below must find it.
+        real = child["kind"] == "ServiceAccount"
+        status, message, warnings = _dry_run_create(client, child, namespace, dry=not real)
+        if real and status == 409:
+            continue  # created by an earlier example
+        assert status in (200, 201), (
+            f"the API server refuses the {child['kind']} the operator builds: {message}"
+        )
+        assert not [w for w in warnings if "PodSecurity" in w], f"{child['kind']}: {warnings}"
+        if child["kind"] in ("Job", "Deployment"):
+            template = child["spec"]["template"]
+            # A PriorityClass is the cluster's to define; one that is missing is a pod-time error.
+            spec = {k: v for k, v in template["spec"].items() if k != "priorityClassName"}
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"}, "spec": spec}
+            status, message, _ = _dry_run_create(client, pod, namespace)
+            assert status == 201, f"the {child['kind']}'s pod is refused: {message}"
+
+
+@pytest.fixture(scope="module")
+def client(kube: Kube, crds: None):
+    api_client = kube.api_client()
+    yield api_client
+    api_client.close()
+
+
+@EXAMPLES
+@given(spec=_specs("finetunejobs.loraforge.io.yaml", FTJ_VALID))
+def test_finetunejob_specs_are_rejected_naming_a_field_or_handled_cleanly(
+    client, namespace: str, spec: dict[str, Any]
+) -> None:
+    obj = {"apiVersion": api.API_VERSION, "kind": "FineTuneJob", "metadata": {"name": "prop"}}
+    obj["spec"] = spec
+    status, message, _ = _dry_run_create(client, obj, namespace)
+    event("rejected" if status not in (200, 201) else "admitted")
+    if status not in (200, 201):
+        assert status in (400, 422), message
+        assert _names_a_field(message), f"rejected without naming a field: {message}"
+        return
+    stored = json.loads(message)["spec"]
+    owner = ftj_builders.Owner(name="prop", namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
+    try:
+        parsed = FineTuneJobSpec.model_validate(stored)
+    except ValidationError as e:
+        # The permanent failure the operator reports for a spec the CRD let through.
+        error = "; ".join(f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        new_status, _ = ftj_status.compute({}, ftj_status.Observed(generation=1, spec_error=error))
+        assert new_status["phase"] == "Failed" and "spec." in error
+        return
+    _check_children(client, ftj_builders.children(owner, parsed, Settings()), namespace)
+
+
+@EXAMPLES
+@given(spec=_specs("modeldeployments.loraforge.io.yaml", MD_VALID))
+def test_modeldeployment_specs_are_rejected_naming_a_field_or_handled_cleanly(
+    client, namespace: str, spec: dict[str, Any]
+) -> None:
+    obj = {
+        "apiVersion": api.API_VERSION,
+        "kind": "ModelDeployment",
+        "metadata": {"name": "prop"},
+        "spec": spec,
+    }
+    status, message, _ = _dry_run_create(client, obj, namespace)
+    event("rejected" if status not in (200, 201) else "admitted")
+    if status not in (200, 201):
+        assert status in (400, 422), message
+        assert _names_a_field(message), f"rejected without naming a field: {message}"
+        return
+    stored = json.loads(message)["spec"]
+    owner = md_builders.Owner("prop", namespace, "00000000-0000-0000-0000-000000000000")
+    try:
+        parsed = ModelDeploymentSpec.model_validate(stored)
+    except ValidationError as e:
+        assert "spec." in _spec_error(e)  # the SpecInvalid message the operator reports
+        return
+    revisions = {
+        a.name: ServingRevision(name=a.name, revision="v1", path=f"adapters/{namespace}/{a.name}/v1")
+        for a in parsed.adapters
+    }
+    _check_children(client, md_builders.children(owner, parsed, Settings(), revisions), namespace)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KNOWN GAP: pod label keys and values in podMetadata are not validated at admission, so the "
+    "API server refuses the Job and the operator retries instead of failing the FineTuneJob",
+)
+def test_known_gap_a_bad_pod_label_key_is_rejected_at_admission(client, namespace: str) -> None:
+    spec = merge(copy.deepcopy(FTJ_VALID), {"podMetadata": {"labels": {"": "x"}}})
+    obj = {"apiVersion": api.API_VERSION, "kind": "FineTuneJob", "metadata": {"name": "gap"}, "spec": spec}
+    status, message, _ = _dry_run_create(client, obj, namespace)
+    assert status == 422 and _names_a_field(message), message
