@@ -49,6 +49,11 @@ def _local_only(kube: Kube) -> None:
         pytest.skip("the operator image runs only on the local cluster's local node here")
 
 
+@pytest.fixture(autouse=True)
+def _only_the_charts_operator(session_operator_paused: None) -> None:
+    """The chart's operator must be the one that reconciles what these tests create."""
+
+
 def _free_port() -> int:
     # The local node's pods share the host's network: the operator's ports must be free on it.
     with socket.socket() as s:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -379,6 +380,9 @@ def peering_crds(kube: Kube, namespaces: dict[str, str]) -> Iterator[None]:
     )
     crds = [d for d in docs if d["kind"] == "CustomResourceDefinition" and d["spec"]["group"] == "kopf.dev"]
     assert sorted(c["spec"]["names"]["kind"] for c in crds) == ["ClusterKopfPeering", "KopfPeering"]
+    # A CRD still being deleted (by an earlier test) would take the peering objects with it mid-test.
+    for c in crds:
+        kube.kubectl("wait", "--for=delete", f"crd/{c['metadata']['name']}", "--timeout=60s", check=False)
     existing = {
         c["metadata"]["name"]
         for c in crds
@@ -394,7 +398,7 @@ def peering_crds(kube: Kube, namespaces: dict[str, str]) -> Iterator[None]:
     yield
     for c in crds:
         if c["metadata"]["name"] not in existing:
-            kube.kubectl("delete", "crd", c["metadata"]["name"], "--wait=false", check=False)
+            kube.kubectl("delete", "crd", c["metadata"]["name"], "--timeout=60s", check=False)
 
 
 def test_ha_replicas_coordinate_through_the_charts_peering_crds(
@@ -424,6 +428,7 @@ def test_ha_replicas_coordinate_through_the_charts_peering_crds(
                         "-m",
                         "loraforge_operator",
                         "--log-format=plain",
+                        "--verbose",  # kopf's peering and per-object lines: who worked
                         f"--liveness=http://127.0.0.1:{port}/healthz",
                         f"--namespace={ns}",
                         "--peering=lf-ha",
@@ -444,12 +449,31 @@ def test_ha_replicas_coordinate_through_the_charts_peering_crds(
 
         status = wait_for(both_announced, timeout=60, what="both replicas in the KopfPeering")
         assert status["replica-20"]["priority"] == 20
+
+        # kopf starts every replica paused until it has read the peering object. The higher-priority one
+        # resumes; the lower-priority one stays paused, or (if it read an entry before its priority was
+        # written and resumed for a moment) pauses again in favour of the other. From then on only the
+        # higher-priority replica works.
+        def settled() -> bool:
+            low, high = logs[10].read_text(), logs[20].read_text()
+            resumed = low.rfind("Resuming operations")
+            paused_again = low.rfind("Pausing operations in favour of [<Peer replica-20")
+            return "Resuming operations" in high and (resumed < 0 or paused_again > resumed)
+
+        wait_for(settled, timeout=90, what=f"the replicas to settle (logs: {logs[10]}, {logs[20]})")
+        time.sleep(3)
+        assert settled(), "the lower-priority replica resumed work"
+        handled = "Handler 'finetunejob_event' is invoked."
+        before = {prio: log.read_text().count(handled) for prio, log in logs.items()}
+        ftj = {"apiVersion": "loraforge.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "ha"}}
+        kube.kubectl("create", "-n", ns, "-f", "-", input=json.dumps({**ftj, "spec": VALID_SPEC}))
         wait_for(
-            lambda: "Pausing operations in favour of" in logs[10].read_text(),
-            timeout=30,
-            what=f"the lower-priority replica to pause (log: {logs[10]})",
+            lambda: kube.get("ftj", "ha", "-n", ns).get("status", {}).get("phase"),
+            timeout=60,
+            what="a replica to reconcile the FineTuneJob",
         )
-        assert "Pausing" not in logs[20].read_text()
+        assert logs[20].read_text().count(handled) > before[20], "the working replica did not handle it"
+        assert logs[10].read_text().count(handled) == before[10], "the paused replica worked too"
     finally:
         for p in procs:
             p.terminate()
