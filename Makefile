@@ -11,7 +11,8 @@ export PYTHONPATH := $(CURDIR)/dev
 TIERS ?= lint unit trainer integration e2e
 
 .PHONY: help venv base-model cluster-binaries cluster cluster-down cluster-status test lint test-unit test-trainer \
-        test-integration test-e2e bench bench-operator bench-trainer bench-rollout crds operator-local demo clean
+        test-integration test-e2e bench bench-operator bench-trainer bench-rollout crds operator-local demo clean \
+        images airgap-bundle
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -52,13 +53,14 @@ operator-local: cluster ## run the operator in the foreground against the local 
 cluster-status: venv ## is the local cluster running?
 	$(PY) -m localcluster status
 
-crds: venv ## regenerate crds/ from the API models
+crds: venv ## regenerate crds/ from the API models (and the chart's copies in charts/loraforge/files/crds/)
 	$(PY) -m loraforge_operator.crds
+	cp crds/*.loraforge.io.yaml charts/loraforge/files/crds/
 
 test: venv ## lint + unit + trainer + integration + e2e (TIERS="unit e2e" to pick), with each tier's time
 	$(PY) dev/testtiers.py $(TIERS)
 
-lint: venv ## ruff and gofmt
+lint: venv ## ruff, gofmt, hadolint (Dockerfiles), shellcheck (images/*.sh)
 	$(PY) dev/testtiers.py lint
 
 test-unit: venv ## unit tests only (no cluster)
@@ -84,14 +86,8 @@ bench-rollout: venv base-model cluster-binaries ## ModelDeployment rollout of 4 
 bench-trainer: venv ## trainer throughput and memory against a plain Trainer + peft script (~6 minutes)
 	$(PY) bench/trainer_bench.py
 
-demo: cluster ## bring up the local cluster and show its fake GPU nodes
-	@echo
-	@echo ">> fake GPU capacity the real scheduler sees:"
-	@eval "$$($(PY) -m localcluster env)" && kubectl get nodes \
-	  -o custom-columns='NODE:.metadata.name,POOL:.metadata.labels.loraforge\.io/pool,GPU:.metadata.labels.nvidia\.com/gpu\.product,GPUS:.status.allocatable.nvidia\.com/gpu,CPU:.status.allocatable.cpu,MEMORY:.status.allocatable.memory'
-	@echo
-	@echo ">> use it:   eval \"\$$(PYTHONPATH=dev $(PY) -m localcluster env)\" && kubectl get nodes"
-	@echo ">> stop it:  make cluster-down"
+demo: venv base-model cluster-binaries ## the whole loop on this machine: train an adapter, serve it, compare answers (~10 minutes)
+	$(PY) dev/demo.py
 
 clean: cluster-down ## stop the cluster and remove the virtualenv (cached binaries stay)
 	rm -rf $(VENV)
