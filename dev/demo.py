@@ -183,13 +183,41 @@ def install_chart(c: Cluster) -> None:
     say(f"chart installed in {SYSTEM_NAMESPACE}; operator Deployment {', '.join(names)} is Ready")
 
 
+LOCAL_NODE_LABEL = "loraforge.io/local-node"
+
+
+def for_cluster(manifest: dict[str, Any], existing: bool) -> dict[str, Any]:
+    """The demo's manifest as applied: on a real cluster without the placement on the local node (the nodes
+    there carry GPUs and the usual GPU taint, which the defaults tolerate)."""
+    if not existing:
+        return manifest
+    out = json.loads(json.dumps(manifest))
+    resources = out["spec"].get("resources") or {}
+    resources.get("nodeSelector", {}).pop(LOCAL_NODE_LABEL, None)
+    if not resources.get("nodeSelector"):
+        resources.pop("nodeSelector", None)
+    tolerations = [t for t in resources.get("tolerations", []) if t.get("key") != LOCAL_NODE_LABEL]
+    if tolerations:
+        resources["tolerations"] = tolerations
+    else:
+        resources.pop("tolerations", None)
+    return out
+
+
+def apply_example(c: Cluster, path: Path) -> None:
+    import yaml
+
+    manifest = for_cluster(yaml.safe_load(path.read_text()), EXISTING)
+    c.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(manifest))
+
+
 def train(c: Cluster) -> dict[str, Any]:
     name = "facts-v1"
     existing = c.kubectl("get", "ftj", name, "-n", NAMESPACE, "-o", "json", check=False)
     if existing.returncode == 0 and json.loads(existing.stdout).get("status", {}).get("phase") == "Failed":
         say("deleting the failed FineTuneJob of an earlier run")
         c.kubectl("delete", "ftj", name, "-n", NAMESPACE, "--wait=true")
-    c.kubectl("apply", "-n", NAMESPACE, "-f", str(FINETUNEJOB))
+    apply_example(c, FINETUNEJOB)
     say(f"applied {FINETUNEJOB.relative_to(REPO)}; training on the CPU (a few minutes)")
     last = None
     deadline = time.monotonic() + 1200
@@ -237,7 +265,7 @@ def serve(c: Cluster, revision: str) -> None:
         if rollout.get("phase") in ("Failed", "RolledBack"):
             say(f"deleting the ModelDeployment of an earlier run (its rollout {rollout['phase']})")
             c.kubectl("delete", "md", "facts", "-n", NAMESPACE, "--wait=true")
-    c.kubectl("apply", "-n", NAMESPACE, "-f", str(MODELDEPLOYMENT))
+    apply_example(c, MODELDEPLOYMENT)
     say(f"applied {MODELDEPLOYMENT.relative_to(REPO)}; a pod loads the model, then must pass its smoke test")
     last = None
 
