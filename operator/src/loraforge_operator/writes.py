@@ -56,6 +56,10 @@ class WriteMemo:
     def discard(self, key: Any) -> None:
         self._last.pop(key, None)
 
+    def answers(self) -> dict[Any, dict[str, Any]]:
+        """The server's last answer per object written (for objects no watch delivers)."""
+        return {key: last[2] for key, last in self._last.items()}
+
 
 def rv(obj: dict[str, Any] | None) -> str | None:
     return ((obj or {}).get("metadata") or {}).get("resourceVersion")

@@ -132,15 +132,17 @@ class ModelDeploymentReconciler:
         self, owner: builders.Owner, wanted: list[dict[str, Any]], observed: dict[ChildKey, dict[str, Any]]
     ) -> None:
         """Delete optional children the spec no longer asks for (an HPA left after a switch to fixed
-        replicas would keep resizing the Deployment). Only objects this ModelDeployment owns."""
+        replicas would keep resizing the Deployment). Only objects this ModelDeployment owns: the watched
+        ones, and those this process wrote that no watch delivers (a ServiceMonitor whose CRD appeared after
+        the operator started may not be watched yet)."""
         keep = {(m["kind"], m["metadata"]["namespace"], m["metadata"]["name"]) for m in wanted}
-        for key, obj in list(observed.items()):
+        for key, obj in list({**self.memo.answers(), **observed}.items()):
             owners = {r.get("uid") for r in obj["metadata"].get("ownerReferences") or []}
             if key[0] in builders.OPTIONAL_KINDS and key not in keep and owner.uid in owners:
                 log.info("deleting %s %s/%s: no longer in the spec", *key)
                 await self.kube.delete(obj["apiVersion"], *key)
                 self.memo.discard(key)
-                del observed[key]
+                observed.pop(key, None)
 
     def _invalid(self, old: dict[str, Any], generation: int, message: str) -> dict[str, Any]:
         conds = [
