@@ -1,4 +1,4 @@
-"""Command line: ``python -m localcluster {build,up,down,status,env}``.
+"""Command line: ``python -m localcluster {build,up,down,status,env,restart}``.
 
 Run with ``dev/`` on PYTHONPATH (the Makefile does): ``make cluster`` is
 ``up``, ``make cluster-down`` is ``down``.
@@ -7,10 +7,12 @@ Run with ``dev/`` on PYTHONPATH (the Makefile does): ``make cluster`` is
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
 
 from .build import BuildError, ensure_built
-from .cluster import ClusterError, LocalCluster
+from .cluster import COMPONENTS, ClusterError, LocalCluster
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop exactly the processes `up` started and forget the cluster")
     sub.add_parser("status", help="exit 0 if the cluster is running and ready, 3 if not")
     sub.add_parser("env", help="print shell exports: KUBECONFIG and PATH with the cluster's kubectl and helm")
+    restart = sub.add_parser(
+        "restart", help="fault drill: stop one component (SIGKILL: a crash), wait, start it again as it was"
+    )
+    restart.add_argument("component", choices=COMPONENTS)
+    restart.add_argument("--down-for", type=float, default=5.0, help="seconds it stays down")
+    restart.add_argument("--signal", choices=("KILL", "TERM"), default="KILL")
     args = parser.parse_args(argv)
 
     cluster = LocalCluster()
@@ -49,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             dirs = sorted({str(p.parent) for p in ensure_built(quiet=True).values()})
             print(f"export KUBECONFIG={cluster.kubeconfig}")
             print(f'export PATH={":".join(dirs)}:"$PATH"')
+        elif args.command == "restart":
+            cluster.stop_component(args.component, signal.Signals[f"SIG{args.signal}"])
+            time.sleep(args.down_for)
+            cluster.start_component(args.component)
     except (BuildError, ClusterError) as e:
         print(f"localcluster: {e}", file=sys.stderr)
         return 1

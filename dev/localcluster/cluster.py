@@ -125,6 +125,23 @@ def is_alive(rec: ProcessRecord) -> bool:
     return _start_ticks(rec.pid) == rec.start_ticks
 
 
+def _terminate(rec: ProcessRecord, sig: signal.Signals, grace: float) -> None:
+    """Send ``sig``; SIGKILL if it still lives after ``grace`` seconds; wait until it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(rec.pid, sig)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and is_alive(rec):
+        time.sleep(0.05)
+    if is_alive(rec):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.pid, signal.SIGKILL)
+        while is_alive(rec):
+            time.sleep(0.05)
+    # Reap it if this process started it (a test session), so no zombie lingers.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(rec.pid, os.WNOHANG)
+
+
 @dataclass
 class ClusterStatus:
     running: bool
@@ -399,7 +416,7 @@ class LocalCluster:
 
     # --- lifecycle ----------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> ProcessRecord:
+    def _spawn(self, name: str, argv: list[str], append_log: bool = False) -> ProcessRecord:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.pop("KUBECONFIG", None)  # every component gets its own explicitly
@@ -407,8 +424,9 @@ class LocalCluster:
         env["NO_PROXY"] = env["no_proxy"] = f"{LOOPBACK},localhost"
         if name == "localnode":
             env["PYTHONPATH"] = str(PACKAGE_DIR.parent)
-        # Each start writes a fresh log; `down` keeps the last one for post-mortems.
-        with open(self.log_dir / f"{name}.log", "wb") as log:
+        # Each start of the cluster writes a fresh log (a restart of one component appends to it);
+        # `down` keeps the last one for post-mortems.
+        with open(self.log_dir / f"{name}.log", "ab" if append_log else "wb") as log:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -582,20 +600,8 @@ class LocalCluster:
         for rec in reversed(procs):
             if not is_alive(rec):
                 continue
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signal.SIGTERM)
             # The local node agent first stops its pods' processes (with their own grace).
-            deadline = time.monotonic() + (grace + 20 if rec.name == "localnode" else grace)
-            while time.monotonic() < deadline and is_alive(rec):
-                time.sleep(0.05)
-            if is_alive(rec):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(rec.pid, signal.SIGKILL)
-                while is_alive(rec):
-                    time.sleep(0.05)
-            # Reap it if this process started it (a test session), so no zombie lingers.
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(rec.pid, os.WNOHANG)
+            _terminate(rec, signal.SIGTERM, grace + 20 if rec.name == "localnode" else grace)
             stopped.append(rec.name)
         # A stopped cluster is forgotten: the next `up` starts from an empty
         # etcd with fresh certificates. Logs stay for post-mortems.
@@ -607,6 +613,40 @@ class LocalCluster:
             else:
                 entry.unlink()
         return stopped
+
+    # --- one component at a time (fault-injection tests) -----------------------
+
+    def _component(self, name: str) -> tuple[Ports, list[ProcessRecord], int]:
+        ports, procs = self._load_state()
+        index = next((i for i, p in enumerate(procs) if p.name == name), None)
+        if ports is None or index is None:
+            raise ClusterError(f"no {name} in this cluster's state (is it running?)")
+        return ports, procs, index
+
+    def stop_component(self, name: str, sig: signal.Signals = signal.SIGKILL, grace: float = 10.0) -> None:
+        """Stop one component (SIGKILL by default: a crash) and leave it down; the others keep running.
+        `start_component` brings it back with the same arguments and data."""
+        if name not in COMPONENTS:
+            raise ClusterError(f"unknown component {name!r}; one of {', '.join(COMPONENTS)}")
+        with self._lock():
+            _, procs, index = self._component(name)
+            if is_alive(procs[index]):
+                _terminate(procs[index], sig, grace)
+                _log(f"{name} stopped ({sig.name})")
+
+    def start_component(self, name: str, timeout: float = 120.0) -> None:
+        """Start a stopped component again, as it was (same arguments, ports, certificates and etcd
+        data), and wait until it is healthy. Does nothing if it is running."""
+        with self._lock():
+            ports, procs, index = self._component(name)
+            if is_alive(procs[index]):
+                return
+            t0 = time.monotonic()
+            rec = self._spawn(name, procs[index].argv, append_log=True)
+            procs[index] = rec
+            self._save_state(ports, procs)
+            self._wait_healthy(rec, ports, timeout)
+            _log(f"{name} restarted ({time.monotonic() - t0:.1f}s, pid {rec.pid})")
 
     def down(self, grace: float = 10.0) -> list[str]:
         """Stop exactly the processes `up` started (SIGTERM, then SIGKILL after
