@@ -3,15 +3,17 @@ store on a host directory, and short real FineTuneJobs on SmolLM2."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from localcluster import storage
+from tests.conftest import restricted_namespace
 from tests.kube import Kube, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,16 +41,33 @@ def model_store(kube: Kube, ns: str, base_model_dir: Path, folder: Path) -> Path
     return folder
 
 
-def random_adapter(base_model_dir: Path, store: Path, path: str) -> str:
+@contextlib.contextmanager
+def store_namespace(
+    kube: Kube, prefix: str, base_model_dir: Path, folder: Path
+) -> Iterator[tuple[str, Path]]:
+    """A fresh namespace enforcing Pod Security "restricted" with ``folder`` as its model store (see
+    `model_store`); yields its name and the folder, and deletes both the namespace and its volume after."""
+    ns = restricted_namespace(kube, prefix=prefix)
+    store = model_store(kube, ns, base_model_dir, folder)
+    try:
+        yield ns, store
+    finally:
+        kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        kube.kubectl("delete", "pv", f"{ns}-loraforge-model-store", "--wait=false", check=False)
+
+
+def random_adapter(base_model_dir: Path, store: Path, path: str, seed: int = 0, inert: bool = False) -> str:
     """An untrained LoRA adapter (random weights: it answers unlike the base model) saved with peft at
-    ``path`` in the model store, for tests about serving rather than training; returns ``path``."""
+    ``path`` in the model store, for tests about serving rather than training; returns ``path``.
+    ``inert``: peft's default initialisation instead (B = 0), an adapter that changes nothing and so
+    answers exactly like the base model (one a `differsFromBase` smoke test rejects)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_model_dir)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=inert)
     get_peft_model(model, config).save_pretrained(store / path)
     return path
 
@@ -86,8 +105,12 @@ def finetunejob(name: str, adapter: str, **training: Any) -> dict[str, Any]:
 
 def train(kube: Kube, ns: str, manifest: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
     """Apply a FineTuneJob and wait until it ends; return it."""
-    name = manifest["metadata"]["name"]
     kube.apply(manifest, namespace=ns)
+    return wait_finished(kube, ns, manifest["metadata"]["name"], timeout)
+
+
+def wait_finished(kube: Kube, ns: str, name: str, timeout: float = 900) -> dict[str, Any]:
+    """Wait until FineTuneJob ``name`` has Succeeded or Failed; return it."""
     return wait_for(
         lambda: (
             (o := kube.get("finetunejob", name, "-n", ns)).get("status", {}).get("phase")

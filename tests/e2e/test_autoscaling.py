@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import restricted_namespace
 from tests.e2e import localnode_workloads as workloads
 from tests.e2e.conftest import OperatorProcess
 from tests.kube import Kube, wait_for
@@ -37,12 +36,10 @@ def _local_node(kube: Kube) -> None:
 
 @pytest.fixture(scope="module")
 def ns(kube: Kube, operator: OperatorProcess, base_model_dir: Path, tmp_path_factory) -> Iterator[str]:
-    name = restricted_namespace(kube, prefix="lf-hpa")
-    store = workloads.model_store(kube, name, base_model_dir, tmp_path_factory.mktemp("model-store"))
-    workloads.random_adapter(base_model_dir, store, "adapters/random/v1")
-    yield name
-    kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
-    kube.kubectl("delete", "pv", f"{name}-loraforge-model-store", "--wait=false", check=False)
+    folder = tmp_path_factory.mktemp("model-store")
+    with workloads.store_namespace(kube, "lf-hpa", base_model_dir, folder) as (name, store):
+        workloads.random_adapter(base_model_dir, store, "adapters/random/v1")
+        yield name
 
 
 MODEL_DEPLOYMENT = {

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import restricted_namespace
 from tests.e2e import localnode_workloads as workloads
 from tests.e2e.conftest import OperatorProcess
 from tests.kube import Kube, wait_for
@@ -39,11 +38,11 @@ def _local_node(kube: Kube) -> None:
 
 @pytest.fixture(scope="module")
 def ns(kube: Kube, operator: OperatorProcess, base_model_dir: Path, tmp_path_factory) -> Iterator[str]:
-    name = restricted_namespace(kube, prefix="lf-md")
-    workloads.model_store(kube, name, base_model_dir, tmp_path_factory.mktemp("model-store"))
-    yield name
-    kube.kubectl("delete", "namespace", name, "--wait=false", check=False)
-    kube.kubectl("delete", "pv", f"{name}-loraforge-model-store", "--wait=false", check=False)
+    with workloads.store_namespace(kube, "lf-md", base_model_dir, tmp_path_factory.mktemp("model-store")) as (
+        name,
+        _,
+    ):
+        yield name
 
 
 def _md(kube: Kube, ns: str) -> dict[str, Any]:
