@@ -116,3 +116,59 @@ INVALID.append(
         "reserved prefixes",
     )
 )
+
+# Maps that become labels and annotations of the training pods, and toleration keys and values: what the API
+# server would refuse on the Job is refused at admission (docs/reliability.md, "Bad input").
+INVALID += [
+    Invalid(
+        "empty pod label key",
+        {"podMetadata": {"labels": {"": "x"}}},
+        "spec.podMetadata.labels",
+        "podMetadata.labels keys must be label keys",
+    ),
+    Invalid(
+        "pod label key with a capitalised prefix",
+        {"podMetadata": {"labels": {"Example.com/team": "x"}}},
+        "spec.podMetadata.labels",
+        "podMetadata.labels keys must be label keys",
+    ),
+    Invalid(
+        "pod label value with a space",
+        {"podMetadata": {"labels": {"team": "a b"}}},
+        "spec.podMetadata.labels.team",
+    ),
+    Invalid(
+        "pod annotation key with two slashes",
+        {"podMetadata": {"annotations": {"a/b/c": "x"}}},
+        "spec.podMetadata.annotations",
+        "podMetadata.annotations keys must be annotation keys",
+    ),
+    Invalid(
+        "node selector key with a name over 63 characters",
+        {"resources": {"nodeSelector": {"example.com/" + "x" * 64: "true"}}},
+        "spec.resources.nodeSelector",
+        "resources.nodeSelector keys must be label keys",
+    ),
+    Invalid(
+        "node selector key with a prefix over 253 characters",
+        {"resources": {"nodeSelector": {"p" * 254 + "/gpu": "true"}}},
+        "spec.resources.nodeSelector",
+        "resources.nodeSelector keys must be label keys",
+    ),
+    Invalid(
+        "node selector value ending in a dash",
+        {"resources": {"nodeSelector": {"gpu": "h100-"}}},
+        "spec.resources.nodeSelector.gpu",
+    ),
+    Invalid(
+        "toleration key with a space",
+        {"resources": {"tolerations": [{"key": "a b", "operator": "Exists"}]}},
+        "spec.resources.tolerations[0].key",
+    ),
+    Invalid(
+        "toleration with operator Exists and a value",
+        {"resources": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]}},
+        "spec.resources.tolerations[0].value",
+        "a toleration with operator Exists takes no value",
+    ),
+]

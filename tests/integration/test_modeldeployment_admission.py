@@ -49,6 +49,28 @@ INVALID = [
     ),
     ({"adapters": [{"name": "facts", "from": {"path": "../etc"}}]}, "spec.adapters[0].from.path", ""),
     ({"adapters": []}, "spec.adapters", ""),
+    (
+        {"resources": {"nodeSelector": {"bad key": "x"}}},
+        "spec.resources.nodeSelector",
+        "resources.nodeSelector keys must be label keys",
+    ),
+    ({"resources": {"nodeSelector": {"gpu": "bad value"}}}, "spec.resources.nodeSelector.gpu", ""),
+    (
+        {"service": {"annotations": {"a/b/c": "x"}}},
+        "spec.service.annotations",
+        "service.annotations keys must be annotation keys",
+    ),
+    (
+        {"monitoring": {"labels": {"Example.com/release": "x"}}},
+        "spec.monitoring.labels",
+        "monitoring.labels keys must be label keys",
+    ),
+    ({"monitoring": {"labels": {"release": "-prom"}}}, "spec.monitoring.labels.release", ""),
+    (
+        {"resources": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]}},
+        "spec.resources.tolerations[0].value",
+        "a toleration with operator Exists takes no value",
+    ),
 ]
 
 

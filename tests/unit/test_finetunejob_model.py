@@ -49,6 +49,81 @@ def test_invalid_spec_is_rejected_naming_the_field(case: Invalid) -> None:
         assert any(case.message in e["msg"] for e in errors), errors
 
 
+KEYS = [
+    # key, a label key?, an annotation key? (apimachinery's IsQualifiedName; annotation keys lower-cased)
+    ("app", True, True),
+    ("example.com/app", True, True),
+    ("app.kubernetes.io/part-of", True, True),
+    ("Example.com/app", False, True),
+    ("example.com/App_1.x", True, True),
+    ("a..b", True, True),  # dots are fine in the name part
+    ("a..b/c", False, False),  # not in a DNS-subdomain prefix
+    ("x" * 63, True, True),
+    ("x" * 64, False, False),
+    ("p/" + "x" * 63, True, True),
+    ("p/" + "x" * 64, False, False),
+    ("p" * 253 + "/x", True, True),
+    ("p" * 254 + "/x", False, False),
+    ("", False, False),
+    ("/x", False, False),
+    ("x/", False, False),
+    ("a/b/c", False, False),
+    ("-x", False, False),
+    ("x_", False, False),
+    ("a b", False, False),
+    ("x\n", False, False),
+]
+
+
+def _parses(patch: dict) -> bool:
+    try:
+        FineTuneJobSpec.model_validate({**VALID_SPEC, **patch})
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("key", "label", "annotation"), KEYS, ids=lambda v: repr(v)[:24])
+def test_label_and_annotation_keys_are_checked_as_kubernetes_checks_them(
+    key: str, label: bool, annotation: bool
+) -> None:
+    assert _parses({"podMetadata": {"labels": {key: "v"}}}) is label
+    assert _parses({"resources": {"nodeSelector": {key: "v"}}}) is label
+    assert _parses({"podMetadata": {"annotations": {key: "v"}}}) is annotation
+    assert _parses({"resources": {"tolerations": [{"key": key, "operator": "Exists"}]}}) is label
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("", True),
+        ("h100", True),
+        ("a.b_c-D9", True),
+        ("x" * 63, True),
+        ("x" * 64, False),
+        ("-a", False),
+        ("a_", False),
+        ("a b", False),
+        ("a/b", False),
+        ("é", False),
+    ],
+)
+def test_label_values_are_checked_as_kubernetes_checks_them(value: str, ok: bool) -> None:
+    assert _parses({"podMetadata": {"labels": {"k": value}}}) is ok
+    assert _parses({"resources": {"nodeSelector": {"k": value}}}) is ok
+    assert _parses({"resources": {"tolerations": [{"key": "k", "value": value}]}}) is ok
+    assert _parses({"podMetadata": {"annotations": {"k": value}}}), "annotation values are free text"
+
+
+def test_a_bad_key_is_reported_on_its_map_with_the_rule_and_the_key() -> None:
+    with pytest.raises(ValidationError) as err:
+        FineTuneJobSpec.model_validate({**VALID_SPEC, "podMetadata": {"labels": {"team": "a", "a b": "x"}}})
+    (error,) = err.value.errors()
+    assert error["loc"] == ("podMetadata", "labels")
+    assert "podMetadata.labels keys must be label keys: an optional prefix" in error["msg"]
+    assert "(got 'a b')" in error["msg"]
+
+
 def test_committed_crds_match_the_models() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "loraforge_operator.crds", "--check", "--out", "crds"],

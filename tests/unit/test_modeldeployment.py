@@ -52,6 +52,18 @@ def ftj(name: str, revision: str | None, passed: bool = True, base: dict | None 
         ({"autoscaling": {"maxReplicas": 2}}, "queueSizeTarget"),
         ({"replicas": 2, "autoscaling": {"maxReplicas": 2, "cpuUtilization": 50}}, "either replicas"),
         ({"adapters": []}, "at least 1"),
+        ({"resources": {"nodeSelector": {"bad key": "x"}}}, "resources.nodeSelector keys must be label keys"),
+        ({"resources": {"nodeSelector": {"gpu": "bad value"}}}, "should match pattern"),
+        ({"service": {"annotations": {"a/b/c": "x"}}}, "service.annotations keys must be annotation keys"),
+        (
+            {"monitoring": {"labels": {"Example.com/release": "x"}}},
+            "monitoring.labels keys must be label keys",
+        ),
+        ({"monitoring": {"labels": {"release": "-prom"}}}, "should match pattern"),
+        (
+            {"resources": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]}},
+            "operator Exists takes no value",
+        ),
     ],
 )
 def test_invalid_specs_are_refused_naming_the_rule(body: dict, message: str) -> None:

@@ -12,9 +12,10 @@ input the schema would reject.
 from __future__ import annotations
 
 import copy
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 
@@ -43,6 +44,82 @@ def cel(rule: str, message: str, field_path: str | None = None, reason: str | No
     if reason:
         entry["reason"] = reason
     return entry
+
+
+# --- Kubernetes label and annotation maps ----------------------------------------------------------------
+# What the API server demands of the labels and annotations of the children loraforge writes
+# (apimachinery's IsQualifiedName and IsValidLabelValue). A map the CRD let through with a bad key would
+# have the API server refuse the Job or Deployment, and the operator retry forever instead of failing.
+# `[.]`, not an escaped dot: the same text is a Python regex, an RE2 pattern and a CEL string literal.
+_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+# Annotation keys are checked lower-cased, so their prefix may hold capitals.
+_SUBDOMAIN_ANY_CASE = r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?([.][A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*"
+LABEL_KEY = rf"^({_SUBDOMAIN}/)?{_NAME}$"
+ANNOTATION_KEY = rf"^({_SUBDOMAIN_ANY_CASE}/)?{_NAME}$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+MAX_KEY_PREFIX = 253  # a DNS subdomain
+MAX_KEY_LENGTH = MAX_KEY_PREFIX + 1 + 63
+
+LABEL_KEY_RULE = (
+    "an optional prefix (a lowercase DNS subdomain of at most 253 characters) and '/', "
+    "then a name of 1 to 63 letters, digits, '-', '_' or '.' that starts and ends with a letter or digit"
+)
+ANNOTATION_KEY_RULE = LABEL_KEY_RULE.replace("a lowercase DNS subdomain", "a DNS subdomain")
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+
+
+def key_prefix_fits(key: str) -> bool:
+    """The part before '/' (if any) is at most 253 characters: the one limit a regex here cannot state."""
+    return "/" not in key or key.index("/") <= MAX_KEY_PREFIX
+
+
+def _key_rule_cel(pattern: str, var: str) -> str:
+    return f"{var}.matches('{pattern}') && (!{var}.contains('/') || {var}.indexOf('/') <= {MAX_KEY_PREFIX})"
+
+
+def _key_map(field: str, value: Any, max_properties: int, pattern: str, what: str, rule: str) -> Any:
+    """A map whose keys must be ``what`` keys, checked by CEL at admission and by the model alike."""
+    message = f"{field} keys must be {what} keys: {rule}"
+    compiled = re.compile(pattern)
+
+    def check(value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not (compiled.fullmatch(k) and key_prefix_fits(k))]
+        if bad:
+            raise ValueError(f"{message} (got {bad[0]!r})")
+        return value
+
+    return Annotated[
+        dict[str, value],
+        Field(
+            max_length=max_properties,
+            json_schema_extra={
+                "x-kubernetes-validations": [cel(f"self.all(k, {_key_rule_cel(pattern, 'k')})", message)]
+            },
+        ),
+        AfterValidator(check),
+    ]
+
+
+def label_map(field: str, max_properties: int) -> Any:
+    """Kubernetes labels (or a nodeSelector): label keys, label values."""
+    return _key_map(field, LabelValue, max_properties, LABEL_KEY, "label", LABEL_KEY_RULE)
+
+
+def annotation_map(field: str, max_properties: int, max_value_length: int = 4096) -> Any:
+    """Kubernetes annotations: annotation keys, any value."""
+    value = Annotated[str, Field(max_length=max_value_length)]
+    return _key_map(field, value, max_properties, ANNOTATION_KEY, "annotation", ANNOTATION_KEY_RULE)
+
+
+def label_key_cel(var: str) -> str:
+    """CEL that holds when ``var`` (a string) is a label key."""
+    return _key_rule_cel(LABEL_KEY, var)
+
+
+def is_label_key(key: str) -> bool:
+    """What label_key_cel says, in Python."""
+    return re.fullmatch(LABEL_KEY, key) is not None and key_prefix_fits(key)
 
 
 _KEEP = {

@@ -14,7 +14,19 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from ..conditions import Condition
-from ..schema import ApiModel, cel, cel_rules
+from ..schema import (
+    LABEL_KEY,
+    LABEL_KEY_RULE,
+    LABEL_VALUE,
+    MAX_KEY_LENGTH,
+    MAX_KEY_PREFIX,
+    ApiModel,
+    annotation_map,
+    cel,
+    cel_rules,
+    is_label_key,
+    label_map,
+)
 
 # A relative path inside the model store. Segments may not start with a dot,
 # so neither `..` nor hidden folders can be named.
@@ -30,6 +42,10 @@ HF_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 RelativePath = Annotated[str, Field(pattern=RELATIVE_PATH, max_length=512)]
 Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=64)]
+# Maps that become labels or annotations of children: keys and values as the API server demands them.
+NodeSelector = label_map("resources.nodeSelector", 32)
+PodLabels = label_map("podMetadata.labels", 64)
+PodAnnotations = annotation_map("podMetadata.annotations", 64)
 
 
 class BaseModelSource(ApiModel):
@@ -237,16 +253,29 @@ class Toleration(ApiModel):
             "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
             "tolerationSeconds needs effect NoExecute",
         ),
+        cel(
+            "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "a toleration with operator Exists takes no value",
+            field_path=".value",
+        ),
+        cel(
+            # The pattern checks the key but for the length of its prefix.
+            f"!has(self.key) || self.key.indexOf('/') <= {MAX_KEY_PREFIX}",
+            f"a toleration key must be a label key: {LABEL_KEY_RULE}",
+            field_path=".key",
+        ),
     )
 
-    key: Annotated[str, Field(max_length=316)] | None = None
-    """Taint key; empty with operator Exists matches every taint."""
+    key: Annotated[str, Field(max_length=MAX_KEY_LENGTH, pattern=LABEL_KEY)] | None = None
+    """Taint key, a label key (an optional DNS-subdomain prefix and '/', then a name of at most 63
+    characters); empty with operator Exists matches every taint."""
 
     operator: Literal["Exists", "Equal"] = "Equal"
     """Exists or Equal."""
 
-    value: Annotated[str, Field(max_length=63)] | None = None
-    """Taint value, with operator Equal."""
+    value: Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)] | None = None
+    """Taint value, with operator Equal: a label value (at most 63 letters, digits, '-', '_' or '.',
+    starting and ending with a letter or digit, or empty)."""
 
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     """Taint effect to match; empty matches all."""
@@ -260,6 +289,10 @@ class Toleration(ApiModel):
             raise ValueError("a toleration without key needs operator Exists")
         if self.toleration_seconds is not None and self.effect != "NoExecute":
             raise ValueError("tolerationSeconds needs effect NoExecute")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value")
+        if self.key is not None and not is_label_key(self.key):
+            raise ValueError(f"a toleration key must be a label key: {LABEL_KEY_RULE}")
         return self
 
 
@@ -291,10 +324,11 @@ class Resources(ApiModel):
     memory: Quantity = "32Gi"
     """Memory request and limit per pod."""
 
-    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] = Field(
-        default_factory=dict
-    )
-    """Labels a node must have to run training pods, e.g. {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}."""
+    node_selector: NodeSelector = Field(default_factory=dict)
+    """Labels a node must have to run training pods, e.g. {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}.
+    Keys are label keys (an optional DNS-subdomain prefix and '/', then a name of at most 63 characters);
+    values are label values (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or
+    digit, or empty)."""
 
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
@@ -354,15 +388,14 @@ class PodMetadata(ApiModel):
         ),
     )
 
-    labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = Field(
-        default_factory=dict
-    )
-    """Labels added to each training pod."""
+    labels: PodLabels = Field(default_factory=dict)
+    """Labels added to each training pod. Keys are label keys (an optional DNS-subdomain prefix and '/',
+    then a name of at most 63 characters); values are label values (at most 63 letters, digits, '-', '_' or
+    '.', starting and ending with a letter or digit, or empty)."""
 
-    annotations: Annotated[dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=64)] = Field(
-        default_factory=dict
-    )
-    """Annotations added to each training pod."""
+    annotations: PodAnnotations = Field(default_factory=dict)
+    """Annotations added to each training pod. Keys are annotation keys (as label keys, but the prefix may
+    hold capitals); values up to 4096 characters."""
 
     @model_validator(mode="after")
     def _reserved(self) -> PodMetadata:

@@ -20,13 +20,17 @@ from ..finetunejob.model import (
     DNS_LABEL,
     BaseModelSource,
     ModelStore,
+    NodeSelector,
     Quantity,
     RelativePath,
     Toleration,
 )
-from ..schema import ApiModel, cel, cel_rules
+from ..schema import ApiModel, annotation_map, cel, cel_rules, label_map
 
 REVISION = r"^v[0-9]+$"
+# Maps that become labels or annotations of children (resources.nodeSelector is the FineTuneJob's).
+ServiceAnnotations = annotation_map("service.annotations", 64)
+MonitorLabels = label_map("monitoring.labels", 16)
 DEFAULT_TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
 
 
@@ -160,10 +164,10 @@ class ServingResources(ApiModel):
     shm_size: Quantity = "1Gi"
     """Size of /dev/shm (NCCL between shards needs more than the 64Mi default)."""
 
-    node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] = Field(
-        default_factory=dict
-    )
-    """Labels a node must have to run serving pods."""
+    node_selector: NodeSelector = Field(default_factory=dict)
+    """Labels a node must have to run serving pods. Keys are label keys (an optional DNS-subdomain prefix and
+    '/', then a name of at most 63 characters); values are label values (at most 63 letters, digits, '-', '_'
+    or '.', starting and ending with a letter or digit, or empty)."""
 
     tolerations: Annotated[list[Toleration], Field(max_length=32)] = Field(
         default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
@@ -274,10 +278,9 @@ class ServiceSettings(ApiModel):
     port: Annotated[int, Field(ge=1, le=65535)] = 80
     """Port the Service listens on (TGI listens on 8080 in the pod)."""
 
-    annotations: Annotated[dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=64)] = Field(
-        default_factory=dict
-    )
-    """Annotations for the Service (e.g. for an internal load balancer)."""
+    annotations: ServiceAnnotations = Field(default_factory=dict)
+    """Annotations for the Service (e.g. for an internal load balancer). Keys are annotation keys (an optional
+    DNS-subdomain prefix and '/', then a name of at most 63 characters); values up to 4096 characters."""
 
 
 class Monitoring(ApiModel):
@@ -291,11 +294,9 @@ class Monitoring(ApiModel):
     interval: Annotated[str, Field(pattern=r"^[0-9]+(s|m)$", max_length=8)] = "30s"
     """Scrape interval."""
 
-    labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=16)] = Field(
-        default_factory=dict
-    )
+    labels: MonitorLabels = Field(default_factory=dict)
     """Extra labels on the ServiceMonitor, for your Prometheus's `serviceMonitorSelector`
-    (e.g. `release: prometheus`)."""
+    (e.g. `release: prometheus`). Keys are label keys, values label values (as `resources.nodeSelector`)."""
 
 
 class ModelDeploymentSpec(ApiModel):
