@@ -86,6 +86,14 @@ def record_problem(obj: Any, fmt: str) -> str | None:
     raise ValueError(f"unknown dataset format {fmt!r}")
 
 
+def _read_past_line(fh: Any, digest: Any) -> None:
+    """Consume the rest of an over-long line, a bounded piece at a time."""
+    while piece := fh.readline(1 << 20):
+        digest.update(piece)
+        if piece.endswith(b"\n"):
+            return
+
+
 def read_jsonl(
     path: Path, display: str, fmt: str, on_invalid: str = "Fail", max_skipped: int = 0
 ) -> ReadResult:
@@ -99,21 +107,33 @@ def read_jsonl(
     except OSError as e:
         raise InvalidInput(DATASET_INVALID, f"{display}: cannot open: {e.strerror}") from None
     with fh:
-        for lineno, raw in enumerate(fh, start=1):
+        # A bounded read: a huge line (say, a file without newlines) is never held whole.
+        while raw := fh.readline(MAX_LINE_BYTES + 1):
+            lineno += 1
             digest.update(raw)
-            if not raw.strip():
+            if len(raw) <= MAX_LINE_BYTES and not raw.strip():
                 continue
             problem = None
             obj = None
             if len(raw) > MAX_LINE_BYTES:
                 problem = f"line longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB"
+                if on_invalid == "Skip" and not raw.endswith(b"\n"):
+                    _read_past_line(fh, digest)
             else:
                 try:
                     obj = json.loads(raw.decode("utf-8"))
+                    if b"\\u" in raw:  # an escape can make a lone surrogate, which no tokenizer takes
+                        json.dumps(obj, ensure_ascii=False).encode("utf-8")
                 except UnicodeDecodeError as e:
                     problem = f"not UTF-8 ({e.reason} at byte {e.start})"
+                except UnicodeEncodeError:
+                    problem = "not valid text (a \\u escape makes a lone UTF-16 surrogate)"
                 except json.JSONDecodeError as e:
                     problem = f"not valid JSON ({e.msg} at column {e.colno})"
+                except RecursionError:
+                    problem = "not valid JSON (nested too deeply)"
+                except ValueError as e:  # an integer longer than Python converts (sys.int_max_str_digits)
+                    problem = f"not valid JSON ({str(e).partition(':')[0]})"
                 else:
                     problem = record_problem(obj, fmt)
             where = f"{display}:{lineno}"
