@@ -13,7 +13,9 @@ Layout of ``<adapterDir>/<revision>/`` (``adapterDir`` is
 Revisions are numbered ``v1``, ``v2``, …. The files are written into a hidden
 temporary folder, flushed, and renamed into place under a number claimed with
 an exclusive ``mkdir``, so two publishers never take the same number and no
-reader sees a half-written revision. An existing revision is never written to.
+reader sees a half-written revision. A publish that fails (a full model store,
+say) removes what it wrote, the claimed folder included, so a retry takes the
+same number. An existing revision is never written to.
 A trainer retried after it published finds its own revision (by the source
 FineTuneJob's uid) and reports it instead of publishing twice.
 """
@@ -130,11 +132,15 @@ def publish(
     card: Any,
 ) -> Published:
     """Write a new revision. `write_files(folder)` saves the adapter there;
-    `card(revision, manifest) -> {filename: text}` renders the model card."""
+    `card(revision, manifest) -> {filename: text}` renders the model card.
+
+    On failure nothing new is left behind: neither the staging folder nor
+    the claimed number, so a retry publishes under the same number."""
     try:
         adapter_dir.mkdir(parents=True, exist_ok=True)
         staging = adapter_dir / f".staging-{os.getpid()}-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S%f}"
         staging.mkdir()
+        target = None
         try:
             write_files(staging)
             for required in (WEIGHTS, ADAPTER_CONFIG):
@@ -156,17 +162,34 @@ def publish(
             _fsync_tree(staging)
             # rename(2) replaces the empty claimed folder atomically.
             os.rename(staging, target)
+            # COMPLETE appears whole or not at all (an empty one from a full disk would pass for one).
+            (target / f".{COMPLETE}").write_text(manifest["digest"] + "\n")
+            _fsync_tree(target)
+            os.rename(target / f".{COMPLETE}", target / COMPLETE)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if target is not None:  # not a revision yet, and no one else writes into a claimed folder
+                shutil.rmtree(target, ignore_errors=True)
             raise
-        (target / COMPLETE).write_text(manifest["digest"] + "\n")
         _fsync_tree(target)
         for p in target.iterdir():  # an existing revision is never written to
             p.chmod(0o444)
         return Published(name, target.name, target, manifest["digest"], manifest)
-    except OSError as e:
-        space = " (the model store is out of space)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    except Exception as e:
+        code = _io_errno(e)
+        if code is None:
+            raise
+        space = " (the model store is out of space)" if code in (errno.ENOSPC, errno.EDQUOT) else ""
         raise TrainerError(PUBLISH_FAILED, f"cannot publish into {adapter_dir}{space}: {e}") from None
+
+
+def _io_errno(e: BaseException) -> int | None:
+    """The errno of an I/O failure: an OSError's, or the one a Rust library
+    (safetensors) writes into its own exception's message, else None."""
+    if isinstance(e, OSError):
+        return e.errno or 0
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return int(m.group(1)) if m else None
 
 
 # --- the model card -------------------------------------------------------------------
