@@ -278,3 +278,53 @@ def test_running_out_of_space_at_any_stage_leaves_no_trace_and_v1_intact(
     publish.verify(facts / "v2")
     assert sorted(os.listdir(facts)) == ["v1", "v2"]
     assert snapshot(facts / "v1") == v1
+
+
+def test_a_store_that_fills_up_while_checkpointing_fails_retryably_saying_so(
+    tmp_path: Path, tiny_model_dir: Path, tmpfs: Callable[[Path, int], PrivateTmpfs]
+) -> None:
+    """Checkpoints go to the model store too. When it fills up while one is written, the failure says
+    ModelStoreFull (not an anonymous TrainerFailed), is retryable, and a half-written checkpoint is never
+    resumed from: with space again, the retry trains from the start (or the newest complete checkpoint)."""
+    store = make_store(tmp_path, tiny_model_dir)
+    fs = tmpfs(store / "checkpoints", 1 << 20)
+    termination = tmp_path / "termination-log"
+
+    def run() -> Any:
+        return run_trainer(
+            tmp_path,
+            tiny_model_dir,
+            small_config(),
+            env={"LORAFORGE_TERMINATION_LOG": str(termination)},
+            launcher=[*fs.enter(tmp_path), sys.executable, "-m"],
+            timeout=300,  # a hang guard only
+        )
+
+    fs.leave_free(4 * PAGE)  # less than the first checkpoint needs
+    failed = run()
+    assert failed.code == EXIT_FAILED, failed.output  # retryable: not EXIT_INVALID_INPUT
+    message = termination.read_text()
+    assert message.startswith("ModelStoreFull: the model store is out of space (checkpoints go to "), message
+    assert [p.name for _, p in publish.revisions(store / "adapters" / "facts")] == []
+
+    fs.unfill()
+    retried = run()
+    assert retried.code == 0, retried.output
+    assert "resuming from" not in retried.output  # the broken checkpoint-2 is not one to resume from
+    assert termination.read_text().startswith("Published: facts v1 ")
+
+
+def test_a_write_failure_without_an_errno_counts_as_a_full_store_only_when_it_is_full(
+    tmp_path: Path, tmpfs: Callable[[Path, int], PrivateTmpfs]
+) -> None:
+    """torch.save reports a failed write as "file write failed", with no errno: then the free space where
+    checkpoints go decides."""
+    from loraforge_trainer.cli import _out_of_space
+
+    fs = tmpfs(tmp_path / "store", 32 << 20)
+    torch_says = RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+    assert not _out_of_space(torch_says, fs.view / "checkpoints" / "facts")  # 32 MiB free: something else
+    assert _out_of_space(OSError(errno.ENOSPC, "No space left on device"), None)
+    fs.leave_free(PAGE)
+    assert _out_of_space(torch_says, fs.view / "checkpoints" / "facts")  # a folder not made yet: its parent
+    assert not _out_of_space(ValueError("a bug"), None)

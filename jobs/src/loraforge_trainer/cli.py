@@ -14,13 +14,15 @@ bad input (configuration, dataset, base model), 1 anything else.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from .errors import CONFIG_INVALID, EXIT_FAILED, TRAINER_FAILED, InvalidInput, TrainerError
+from .errors import CONFIG_INVALID, EXIT_FAILED, MODEL_STORE_FULL, TRAINER_FAILED, InvalidInput, TrainerError
 from .report import ProgressReporter, write_termination_message
 
 log = logging.getLogger("loraforge_trainer")
@@ -121,6 +123,30 @@ def check(cfg: config_mod.TrainConfig) -> None:
     )
 
 
+# Less than this free where checkpoints go, after an unexpected failure: the store is what ran out.
+NEARLY_FULL = 16 << 20
+
+
+def _out_of_space(e: BaseException, checkpoint_dir: Path | None) -> bool:
+    """Did ``e`` come from a full model store? An I/O error says so by its errno (or, from safetensors,
+    "(os error 28)" in its message); torch.save's writer says only "file write failed", so the free space
+    where checkpoints go decides then."""
+    from .publish import io_errno
+
+    if io_errno(e) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    folder = checkpoint_dir
+    while folder is not None and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder is None:
+        return False
+    try:
+        s = os.statvfs(folder)
+    except OSError:
+        return False
+    return s.f_bavail * s.f_frsize < NEARLY_FULL
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
@@ -132,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     reporter = reporter_from_env() if rank == 0 else LogReporter()
+    checkpoint_dir: Path | None = None
     try:
         cfg = _configure(ns)
+        checkpoint_dir = cfg.checkpoint_dir()
         if ns.check:
             check(cfg)
             return 0
@@ -157,7 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:
         log.exception("training failed")
-        reporter.failure(TRAINER_FAILED, f"{type(e).__name__}: {e}")
+        if _out_of_space(e, checkpoint_dir):
+            # Retryable (exit 1): once space is freed or the volume grown, the retry resumes from the
+            # newest complete checkpoint (a half-written one is never resumed from).
+            reporter.failure(
+                MODEL_STORE_FULL,
+                f"the model store is out of space (checkpoints go to {checkpoint_dir}); free space or grow "
+                f"the volume and the retry resumes from the newest checkpoint: {type(e).__name__}: {e}",
+            )
+        else:
+            reporter.failure(TRAINER_FAILED, f"{type(e).__name__}: {e}")
         return EXIT_FAILED
 
 

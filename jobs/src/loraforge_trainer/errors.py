@@ -17,6 +17,7 @@ DATASET_INVALID = "DatasetInvalid"
 BASE_MODEL_INVALID = "BaseModelInvalid"
 TARGET_MODULES_NOT_FOUND = "TargetModulesNotFound"
 PUBLISH_FAILED = "PublishFailed"
+MODEL_STORE_FULL = "ModelStoreFull"
 TRAINER_FAILED = "TrainerFailed"
 
 

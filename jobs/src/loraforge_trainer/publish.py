@@ -176,14 +176,14 @@ def publish(
             p.chmod(0o444)
         return Published(name, target.name, target, manifest["digest"], manifest)
     except Exception as e:
-        code = _io_errno(e)
+        code = io_errno(e)
         if code is None:
             raise
         space = " (the model store is out of space)" if code in (errno.ENOSPC, errno.EDQUOT) else ""
         raise TrainerError(PUBLISH_FAILED, f"cannot publish into {adapter_dir}{space}: {e}") from None
 
 
-def _io_errno(e: BaseException) -> int | None:
+def io_errno(e: BaseException) -> int | None:
     """The errno of an I/O failure: an OSError's, or the one a Rust library
     (safetensors) writes into its own exception's message, else None."""
     if isinstance(e, OSError):
