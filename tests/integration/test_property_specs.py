@@ -282,6 +282,54 @@ def test_a_bad_pod_label_key_is_rejected_at_admission_naming_the_field_and_the_r
     assert "spec.podMetadata.labels" in message and "podMetadata.labels keys must be label keys" in message
 
 
+def _largest_annotations(max_properties: int, max_value: int) -> dict[str, str]:
+    """As many annotations as the CRD allows, each with the longest key (a 253-character prefix and a
+    63-character name, made unique) and the longest value."""
+    prefix = ".".join(["p" * 63] * 3) + "." + "q" * 61  # 253 characters
+    return {f"{prefix}/{i:03d}" + "n" * 60: "v" * max_value for i in range(max_properties)}
+
+
+def test_the_largest_annotation_maps_the_crds_admit_fit_on_the_children(client, namespace: str) -> None:
+    """Once a gap: 64 annotations of 4096 characters passed the CRD, but the API server limits an object's
+    annotations to 256 KiB in all, so the operator would have retried a Job it could never write."""
+    ftj_max = _spec_schema("finetunejobs.loraforge.io.yaml")["properties"]["podMetadata"]["properties"]
+    annotations = ftj_max["annotations"]
+    largest = _largest_annotations(
+        annotations["maxProperties"], annotations["additionalProperties"]["maxLength"]
+    )
+    assert {len(k) for k in largest} == {317}
+    spec = merge(copy.deepcopy(FTJ_VALID), {"podMetadata": {"annotations": largest}})
+    obj = {"apiVersion": api.API_VERSION, "kind": "FineTuneJob", "metadata": {"name": "big"}, "spec": spec}
+    status, message, _ = _dry_run_create(client, obj, namespace)
+    assert status == 201, message
+    owner = ftj_builders.Owner(name="big", namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
+    _check_children(
+        client, ftj_builders.children(owner, FineTuneJobSpec.model_validate(spec), Settings()), namespace
+    )
+
+    service = _spec_schema("modeldeployments.loraforge.io.yaml")["properties"]["service"]["properties"]
+    annotations = service["annotations"]
+    largest = _largest_annotations(
+        annotations["maxProperties"], annotations["additionalProperties"]["maxLength"]
+    )
+    spec = merge(copy.deepcopy(MD_VALID), {"service": {"annotations": largest}})
+    obj = {
+        "apiVersion": api.API_VERSION,
+        "kind": "ModelDeployment",
+        "metadata": {"name": "big"},
+        "spec": spec,
+    }
+    status, message, _ = _dry_run_create(client, obj, namespace)
+    assert status == 201, message
+    parsed = ModelDeploymentSpec.model_validate(spec)
+    revisions = {
+        a.name: ServingRevision(name=a.name, revision="v1", path=f"adapters/{namespace}/{a.name}/v1")
+        for a in parsed.adapters
+    }
+    owner = md_builders.Owner("big", namespace, "00000000-0000-0000-0000-000000000000")
+    _check_children(client, md_builders.children(owner, parsed, Settings(), revisions), namespace)
+
+
 def _admitted(client, manifest: dict[str, Any], namespace: str) -> bool:
     status, message, _ = _dry_run_create(client, manifest, namespace)
     assert status in (200, 201, 400, 422), message

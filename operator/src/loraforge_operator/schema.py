@@ -60,6 +60,7 @@ ANNOTATION_KEY = rf"^({_SUBDOMAIN_ANY_CASE}/)?{_NAME}$"
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 MAX_KEY_PREFIX = 253  # a DNS subdomain
 MAX_KEY_LENGTH = MAX_KEY_PREFIX + 1 + 63
+MAX_ANNOTATIONS_SIZE = 256 * 1024  # apimachinery's TotalAnnotationSizeLimitB
 
 LABEL_KEY_RULE = (
     "an optional prefix (a lowercase DNS subdomain of at most 253 characters) and '/', "
@@ -106,8 +107,11 @@ def label_map(field: str, max_properties: int) -> Any:
     return _key_map(field, LabelValue, max_properties, LABEL_KEY, "label", LABEL_KEY_RULE)
 
 
-def annotation_map(field: str, max_properties: int, max_value_length: int = 4096) -> Any:
-    """Kubernetes annotations: annotation keys, any value."""
+def annotation_map(field: str, max_properties: int, max_value_length: int = 2048) -> Any:
+    """Kubernetes annotations: annotation keys, any value. The bounds keep the map under the API server's
+    256 KiB limit on an object's annotations (keys and values together), with room for the operator's own:
+    a map the CRD admits must never make the child it goes on too big to write."""
+    assert max_properties * (MAX_KEY_LENGTH + max_value_length) <= MAX_ANNOTATIONS_SIZE * 3 // 4
     value = Annotated[str, Field(max_length=max_value_length)]
     return _key_map(field, value, max_properties, ANNOTATION_KEY, "annotation", ANNOTATION_KEY_RULE)
 

@@ -395,7 +395,7 @@ class PodMetadata(ApiModel):
 
     annotations: PodAnnotations = Field(default_factory=dict)
     """Annotations added to each training pod. Keys are annotation keys (as label keys, but the prefix may
-    hold capitals); values up to 4096 characters."""
+    hold capitals); values up to 2048 characters."""
 
     @model_validator(mode="after")
     def _reserved(self) -> PodMetadata:

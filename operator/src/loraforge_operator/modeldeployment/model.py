@@ -280,7 +280,7 @@ class ServiceSettings(ApiModel):
 
     annotations: ServiceAnnotations = Field(default_factory=dict)
     """Annotations for the Service (e.g. for an internal load balancer). Keys are annotation keys (an optional
-    DNS-subdomain prefix and '/', then a name of at most 63 characters); values up to 4096 characters."""
+    DNS-subdomain prefix and '/', then a name of at most 63 characters); values up to 2048 characters."""
 
 
 class Monitoring(ApiModel):
