@@ -167,6 +167,12 @@ def _serving(md: dict[str, Any]) -> list[str]:
     return [s["path"] for s in md.get("status", {}).get("serving", [])]
 
 
+def _digests(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): publish.sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
 def _roll_and_kill_the_operator(kube: Kube, ns: str, operator: OperatorProcess, path: str) -> None:
     kube.apply(_deployment(path), namespace=ns)
     wait_for(
@@ -186,7 +192,8 @@ def _roll_and_kill_the_operator(kube: Kube, ns: str, operator: OperatorProcess, 
 def test_an_operator_killed_mid_rollout_completes_a_good_one_and_rolls_back_a_bad_one(
     kube: Kube, serving_ns: tuple[str, Path], operator: OperatorProcess
 ) -> None:
-    ns, _ = serving_ns
+    ns, store = serving_ns
+    adapters_before = _digests(store / "adapters")
     kube.apply(_deployment("adapters/chat/a"), namespace=ns)
     wait_for(
         lambda: (
@@ -231,6 +238,8 @@ def test_an_operator_killed_mid_rollout_completes_a_good_one_and_rolls_back_a_ba
     history = [(h["phase"], json.dumps(h["revisions"])) for h in md["status"]["history"]]
     assert [phase for phase, _ in history[:2]] == ["RolledBack", "Complete"], history
     assert len(history) == len(set(history)), history
+    # The adapters themselves are untouched, the rejected one included.
+    assert _digests(store / "adapters") == adapters_before
     kube.kubectl("delete", "modeldeployment", MD, "-n", ns, "--wait=true", "--timeout=120s")
 
 
