@@ -148,6 +148,36 @@ def test_an_expired_watch_is_relisted_through_failing_lists_and_nothing_is_misse
     assert _jobs(kube, namespace) == sorted(contract.job_name(n) for n in ("before", "during"))
 
 
+def test_a_job_deleted_while_the_watch_was_broken_is_noticed_and_created_again(
+    kube: Kube, namespace: str, faulty: tuple[FaultProxy, OperatorProcess]
+) -> None:
+    """Once a known limit: kopf's re-list after a 410 says nothing of objects deleted in the gap, so the
+    operator kept the deleted Job in memory and never created it again (loraforge_operator.watchgap)."""
+    proxy, op = faulty
+    _apply_ftj(kube, namespace, "gapped")
+    _running(kube, namespace, "gapped")
+    job_name = contract.job_name("gapped")
+    before = kube.get("job", job_name, "-n", namespace)["metadata"]["uid"]
+
+    collection = rf"/namespaces/{namespace}/jobs$"
+    expired = proxy.inject(Fault("GET", collection, 410, query="watch=true"))
+    failed_lists = proxy.inject(Fault("GET", collection, 503, times=3, query=r"^(?!.*watch=true)"))
+    assert proxy.cut(collection) == 1, "the operator had no open Job watch"
+    # Deleted while the operator cannot watch Jobs (its pod watch still sees the pods go).
+    kube.kubectl("delete", "job", job_name, "-n", namespace, "--cascade=background", "--wait=true")
+
+    def recreated() -> str | None:
+        jobs = kube.get("jobs", "-n", namespace)["items"]
+        uids = [j["metadata"]["uid"] for j in jobs if j["metadata"]["name"] == job_name]
+        return uids[0] if uids and uids[0] != before else None
+
+    wait_for(recreated, 90, "the operator to create the deleted Job again")
+    assert len(expired.fired) == 1 and len(failed_lists.fired) == 3
+    assert _jobs(kube, namespace) == [job_name]
+    assert f"Job {namespace}/{job_name} was deleted while the watch was broken" in op.log_path.read_text()
+    _running(kube, namespace, "gapped")
+
+
 def test_a_planted_secret_value_appears_in_no_log_event_annotation_status_or_child(
     kube: Kube, namespace: str, faulty: tuple[FaultProxy, OperatorProcess]
 ) -> None:

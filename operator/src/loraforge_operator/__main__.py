@@ -12,7 +12,7 @@ import logging
 
 import kopf
 
-from . import peering
+from . import peering, watchgap
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         # at scale. Our own messages and kopf's warnings and errors remain.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from . import handlers  # noqa: F401  (registers the handlers)
+
+    watchgap.install()  # objects deleted while a watch was broken are noticed after the re-list
 
     if args.peering:
         asyncio.run(peering.ensure(args.peering, args.namespace))
