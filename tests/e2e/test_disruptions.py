@@ -265,6 +265,17 @@ def _running_pod(kube: Kube, ns: str, ftj: str, not_in: set[str]) -> str:
     return wait_for(running, 300, "a replacement training pod to run", interval=1)
 
 
+def _resumed_from(kube: Kube, ns: str, pod: str) -> int:
+    """The step of the checkpoint the trainer in ``pod`` says it resumed from."""
+    found = wait_for(
+        lambda: re.search(r"resuming from checkpoint-(\d+)", _trainer_log(kube, ns, pod)),
+        300,
+        f"pod {pod} to resume",
+        interval=1,
+    )
+    return int(found.group(1))
+
+
 def _checkpoint_after(folder: Path, step: int) -> int:
     def newest() -> int | None:
         found = newest_checkpoint(folder) if folder.is_dir() else None
@@ -300,18 +311,13 @@ def test_a_training_pod_deleted_then_its_node_removed_resumes_from_checkpoints(
     note(f"{first} wrote checkpoint-{step}; deleting it")
     kube.kubectl("delete", "pod", first, "-n", ns, "--wait=false")
     second = _running_pod(kube, ns, name, {first})
-    resumed = wait_for(
-        lambda: re.search(r"resuming from checkpoint-(\d+)", _trainer_log(kube, ns, second)),
-        300,
-        f"pod {second} to resume",
-        interval=1,
-    )
-    assert int(resumed.group(1)) >= step
-    note(f"{second} resumed from checkpoint-{resumed.group(1)}")
+    resumed = _resumed_from(kube, ns, second)
+    assert resumed >= step
+    note(f"{second} resumed from checkpoint-{resumed}")
 
     # The machine dies (the agent is SIGKILLed; the kernel kills its pods' processes with it) and its
     # Node is deleted: PodGC deletes the pods bound to it, marked as a disruption (no retry used up) ...
-    step = _checkpoint_after(checkpoints, int(resumed.group(1)))
+    step = _checkpoint_after(checkpoints, resumed)
     note(f"{second} wrote checkpoint-{step}; killing the node")
     cluster.stop_component("localnode", signal.SIGKILL)
     kube.kubectl("delete", "node", LOCAL_NODE)
@@ -325,14 +331,9 @@ def test_a_training_pod_deleted_then_its_node_removed_resumes_from_checkpoints(
     note(f"PodGC deleted {second}; the node joins again")
     cluster.start_component("localnode")
     third = _running_pod(kube, ns, name, {first, second})
-    resumed = wait_for(
-        lambda: re.search(r"resuming from checkpoint-(\d+)", _trainer_log(kube, ns, third)),
-        300,
-        f"pod {third} to resume",
-        interval=1,
-    )
-    assert int(resumed.group(1)) >= step
-    note(f"{third} resumed from checkpoint-{resumed.group(1)}")
+    resumed = _resumed_from(kube, ns, third)
+    assert resumed >= step
+    note(f"{third} resumed from checkpoint-{resumed}")
 
     done = workloads.wait_finished(kube, ns, name)
     assert done["status"]["phase"] == "Succeeded", done["status"]

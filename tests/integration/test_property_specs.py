@@ -207,6 +207,14 @@ def _check_children(client, children: list[dict[str, Any]], namespace: str) -> N
             assert status == 201, f"the {child['kind']}'s pod is refused: {message}"
 
 
+def _served_v1(parsed: ModelDeploymentSpec, namespace: str) -> dict[str, ServingRevision]:
+    """Each adapter as if its revision v1 were served."""
+    return {
+        a.name: ServingRevision(name=a.name, revision="v1", path=f"adapters/{namespace}/{a.name}/v1")
+        for a in parsed.adapters
+    }
+
+
 @pytest.fixture(scope="module")
 def client(kube: Kube, crds: None):
     api_client = kube.api_client()
@@ -264,10 +272,7 @@ def test_modeldeployment_specs_are_rejected_naming_a_field_or_handled_cleanly(
     except ValidationError as e:
         assert "spec." in _spec_error(e)  # the SpecInvalid message the operator reports
         return
-    revisions = {
-        a.name: ServingRevision(name=a.name, revision="v1", path=f"adapters/{namespace}/{a.name}/v1")
-        for a in parsed.adapters
-    }
+    revisions = _served_v1(parsed, namespace)
     _check_children(client, md_builders.children(owner, parsed, Settings(), revisions), namespace)
 
 
@@ -322,10 +327,7 @@ def test_the_largest_annotation_maps_the_crds_admit_fit_on_the_children(client, 
     status, message, _ = _dry_run_create(client, obj, namespace)
     assert status == 201, message
     parsed = ModelDeploymentSpec.model_validate(spec)
-    revisions = {
-        a.name: ServingRevision(name=a.name, revision="v1", path=f"adapters/{namespace}/{a.name}/v1")
-        for a in parsed.adapters
-    }
+    revisions = _served_v1(parsed, namespace)
     owner = md_builders.Owner("big", namespace, "00000000-0000-0000-0000-000000000000")
     _check_children(client, md_builders.children(owner, parsed, Settings(), revisions), namespace)
 
