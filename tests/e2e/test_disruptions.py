@@ -173,7 +173,9 @@ def _digests(folder: Path) -> dict[str, str]:
     }
 
 
-def _roll_and_kill_the_operator(kube: Kube, ns: str, operator: OperatorProcess, path: str) -> None:
+def _roll_and_kill_the_operator(kube: Kube, ns: str, operator: OperatorProcess, path: str) -> dict[str, Any]:
+    """Roll to ``path``, SIGKILL the operator once the rollout is recorded, start it again; return the
+    ModelDeployment once the rollout has ended under the restarted operator."""
     kube.apply(_deployment(path), namespace=ns)
     wait_for(
         lambda: (
@@ -187,6 +189,12 @@ def _roll_and_kill_the_operator(kube: Kube, ns: str, operator: OperatorProcess, 
     operator.kill()
     time.sleep(3)  # the new pods start and are checked with no operator watching
     operator.start()
+    return wait_for(
+        lambda: (m := _md(kube, ns)) and _rollout(m).get("phase") not in (None, "Progressing") and m,
+        300,
+        f"the rollout to {path} to end under the restarted operator",
+        interval=1,
+    )
 
 
 def test_an_operator_killed_mid_rollout_completes_a_good_one_and_rolls_back_a_bad_one(
@@ -205,23 +213,11 @@ def test_an_operator_killed_mid_rollout_completes_a_good_one_and_rolls_back_a_ba
         interval=1,
     )
 
-    _roll_and_kill_the_operator(kube, ns, operator, "adapters/chat/b")
-    md = wait_for(
-        lambda: (m := _md(kube, ns)) and _rollout(m).get("phase") not in (None, "Progressing") and m,
-        300,
-        "the rollout to b to end under the restarted operator",
-        interval=1,
-    )
+    md = _roll_and_kill_the_operator(kube, ns, operator, "adapters/chat/b")
     assert _rollout(md)["phase"] == "Complete", _rollout(md)
     wait_for(lambda: _serving(_md(kube, ns)) == ["adapters/chat/b"], 60, "b to be served")
 
-    _roll_and_kill_the_operator(kube, ns, operator, "adapters/chat/inert")
-    md = wait_for(
-        lambda: (m := _md(kube, ns)) and _rollout(m).get("phase") not in (None, "Progressing") and m,
-        300,
-        "the rollout to the inert adapter to end under the restarted operator",
-        interval=1,
-    )
+    md = _roll_and_kill_the_operator(kube, ns, operator, "adapters/chat/inert")
     assert _rollout(md)["phase"] == "RolledBack" and _rollout(md)["reason"] == "SmokeTestFailed", _rollout(md)
     md = wait_for(
         lambda: (m := _md(kube, ns)) and _cond(m, "Ready").get("status") == "True" and m,

@@ -215,6 +215,16 @@ def _served_v1(parsed: ModelDeploymentSpec, namespace: str) -> dict[str, Serving
     }
 
 
+def _rejected_naming_a_field(status: int, message: str) -> bool:
+    """Was the spec rejected? If so, with a message that names a field (the assertion)."""
+    event("rejected" if status not in (200, 201) else "admitted")
+    if status in (200, 201):
+        return False
+    assert status in (400, 422), message
+    assert _names_a_field(message), f"rejected without naming a field: {message}"
+    return True
+
+
 @pytest.fixture(scope="module")
 def client(kube: Kube, crds: None):
     api_client = kube.api_client()
@@ -230,10 +240,7 @@ def test_finetunejob_specs_are_rejected_naming_a_field_or_handled_cleanly(
     obj = {"apiVersion": api.API_VERSION, "kind": "FineTuneJob", "metadata": {"name": "prop"}}
     obj["spec"] = spec
     status, message, _ = _dry_run_create(client, obj, namespace)
-    event("rejected" if status not in (200, 201) else "admitted")
-    if status not in (200, 201):
-        assert status in (400, 422), message
-        assert _names_a_field(message), f"rejected without naming a field: {message}"
+    if _rejected_naming_a_field(status, message):
         return
     stored = json.loads(message)["spec"]
     owner = ftj_builders.Owner(name="prop", namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
@@ -260,10 +267,7 @@ def test_modeldeployment_specs_are_rejected_naming_a_field_or_handled_cleanly(
         "spec": spec,
     }
     status, message, _ = _dry_run_create(client, obj, namespace)
-    event("rejected" if status not in (200, 201) else "admitted")
-    if status not in (200, 201):
-        assert status in (400, 422), message
-        assert _names_a_field(message), f"rejected without naming a field: {message}"
+    if _rejected_naming_a_field(status, message):
         return
     stored = json.loads(message)["spec"]
     owner = md_builders.Owner("prop", namespace, "00000000-0000-0000-0000-000000000000")
