@@ -98,6 +98,7 @@ INVALID = [
         "training on several nodes needs resources.gpusPerNode >= 1",
     ),
     Invalid("memory that is not a quantity", {"resources": {"memory": "lots"}}, "spec.resources.memory"),
+    Invalid("a quantity with a fractional exponent", {"resources": {"cpu": ".0E0."}}, "spec.resources.cpu"),
     Invalid(
         "toleration with an unknown operator",
         {"resources": {"tolerations": [{"key": "a", "operator": "Maybe"}]}},

@@ -32,12 +32,11 @@ from ..schema import (
 # so neither `..` nor hidden folders can be named.
 RELATIVE_PATH = r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-# Kubernetes resource.Quantity, as apimachinery's OpenAPI spells it, without the minus sign: every
-# quantity loraforge takes (memory, CPU, shared memory, a queue target) is a size, and pods refuse < 0.
-QUANTITY = (
-    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
+# Kubernetes resource.Quantity as apimachinery's parser takes it, without the minus sign: every quantity
+# loraforge takes (memory, CPU, shared memory, a queue target) is a size, and pods refuse < 0. The exponent
+# is a whole number: the pattern in apimachinery's OpenAPI also allows "1e0.5", which its parser refuses
+# (found by tests/integration/test_property_specs.py).
+QUANTITY = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
 HF_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 RelativePath = Annotated[str, Field(pattern=RELATIVE_PATH, max_length=512)]
