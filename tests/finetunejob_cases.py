@@ -100,6 +100,16 @@ INVALID = [
     Invalid("memory that is not a quantity", {"resources": {"memory": "lots"}}, "spec.resources.memory"),
     Invalid("a quantity with a fractional exponent", {"resources": {"cpu": ".0E0."}}, "spec.resources.cpu"),
     Invalid(
+        "a GPU resource name the API server refuses",
+        {"resources": {"gpuResourceName": "0/."}},
+        "spec.resources.gpuResourceName",
+    ),
+    Invalid(
+        "a GPU resource name in kubernetes.io",
+        {"resources": {"gpuResourceName": "kubernetes.io/gpu"}},
+        "spec.resources.gpuResourceName",
+    ),
+    Invalid(
         "toleration with an unknown operator",
         {"resources": {"tolerations": [{"key": "a", "operator": "Maybe"}]}},
         "spec.resources.tolerations[0].operator",

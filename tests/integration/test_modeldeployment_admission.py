@@ -37,6 +37,12 @@ INVALID = [
     ),
     ({"autoscaling": {"maxReplicas": 3}}, "spec.autoscaling", "set autoscaling.queueSizeTarget"),
     (
+        {"resources": {"gpuResourceName": "kubernetes.io/gpu"}},
+        "spec.resources.gpuResourceName",
+        "must be an extended resource name",
+    ),
+    ({"resources": {"gpuResourceName": "0/."}}, "spec.resources.gpuResourceName", ""),
+    (
         {"replicas": 2, "autoscaling": {"maxReplicas": 3, "cpuUtilization": 50}},
         "spec",
         "set either replicas or autoscaling, not both",

@@ -52,6 +52,11 @@ def ftj(name: str, revision: str | None, passed: bool = True, base: dict | None 
         ({"autoscaling": {"maxReplicas": 2}}, "queueSizeTarget"),
         ({"replicas": 2, "autoscaling": {"maxReplicas": 2, "cpuUtilization": 50}}, "either replicas"),
         ({"adapters": []}, "at least 1"),
+        ({"resources": {"gpuResourceName": "0/."}}, "should match pattern"),
+        (
+            {"resources": {"gpuResourceName": "example.kubernetes.io/gpu"}},
+            "must be an extended resource name",
+        ),
         ({"resources": {"nodeSelector": {"bad key": "x"}}}, "resources.nodeSelector keys must be label keys"),
         ({"resources": {"nodeSelector": {"gpu": "bad value"}}}, "should match pattern"),
         ({"service": {"annotations": {"a/b/c": "x"}}}, "service.annotations keys must be annotation keys"),

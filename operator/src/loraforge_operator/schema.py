@@ -116,6 +116,46 @@ def annotation_map(field: str, max_properties: int, max_value_length: int = 2048
     return _key_map(field, value, max_properties, ANNOTATION_KEY, "annotation", ANNOTATION_KEY_RULE)
 
 
+# An extended resource name (what counts GPUs on nodes, e.g. nvidia.com/gpu), as the API server checks the
+# resources of a container: a domain-prefixed label key outside kubernetes.io, whose quota name
+# "requests.<name>" is a label key too (so the prefix has 9 characters fewer).
+EXTENDED_RESOURCE = rf"^{_SUBDOMAIN}/{_NAME}$"
+MAX_RESOURCE_PREFIX = MAX_KEY_PREFIX - len("requests.")
+EXTENDED_RESOURCE_RULE = (
+    "an extended resource name: a lowercase DNS-subdomain prefix of at most 244 characters outside "
+    "kubernetes.io, '/', then a name of 1 to 63 letters, digits, '-', '_' or '.' that starts and ends with "
+    "a letter or digit (e.g. nvidia.com/gpu)"
+)
+
+
+def _extended_resource(value: str) -> str:
+    if not (
+        re.fullmatch(EXTENDED_RESOURCE, value)
+        and value.index("/") <= MAX_RESOURCE_PREFIX
+        and "kubernetes.io/" not in value
+    ):
+        raise ValueError(f"must be {EXTENDED_RESOURCE_RULE}")
+    return value
+
+
+ExtendedResourceName = Annotated[
+    str,
+    Field(
+        max_length=MAX_KEY_LENGTH,
+        pattern=EXTENDED_RESOURCE,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    f"self.indexOf('/') <= {MAX_RESOURCE_PREFIX} && !self.contains('kubernetes.io/')",
+                    f"must be {EXTENDED_RESOURCE_RULE}",
+                )
+            ]
+        },
+    ),
+    AfterValidator(_extended_resource),
+]
+
+
 def label_key_cel(var: str) -> str:
     """CEL that holds when ``var`` (a string) is a label key."""
     return _key_rule_cel(LABEL_KEY, var)

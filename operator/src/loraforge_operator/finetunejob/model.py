@@ -21,6 +21,7 @@ from ..schema import (
     MAX_KEY_LENGTH,
     MAX_KEY_PREFIX,
     ApiModel,
+    ExtendedResourceName,
     annotation_map,
     cel,
     cel_rules,
@@ -312,9 +313,7 @@ class Resources(ApiModel):
     nodes: Annotated[int, Field(ge=1, le=64)] = 1
     """Training nodes. More than 1 runs an Indexed Job with torchrun rendezvous over a headless Service."""
 
-    gpu_resource_name: Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$")] = (
-        "nvidia.com/gpu"
-    )
+    gpu_resource_name: ExtendedResourceName = "nvidia.com/gpu"
     """Extended resource that counts GPUs on your nodes."""
 
     cpu: Quantity = "4"

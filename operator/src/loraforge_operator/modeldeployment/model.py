@@ -25,7 +25,7 @@ from ..finetunejob.model import (
     RelativePath,
     Toleration,
 )
-from ..schema import ApiModel, annotation_map, cel, cel_rules, label_map
+from ..schema import ApiModel, ExtendedResourceName, annotation_map, cel, cel_rules, label_map
 
 REVISION = r"^v[0-9]+$"
 # Maps that become labels or annotations of children (resources.nodeSelector is the FineTuneJob's).
@@ -150,9 +150,7 @@ class ServingResources(ApiModel):
     gpus: Annotated[int, Field(ge=0, le=16)] = 1
     """GPUs per pod."""
 
-    gpu_resource_name: Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$")] = (
-        "nvidia.com/gpu"
-    )
+    gpu_resource_name: ExtendedResourceName = "nvidia.com/gpu"
     """Extended resource that counts GPUs on your nodes."""
 
     cpu: Quantity = "2"
