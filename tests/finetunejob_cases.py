@@ -100,6 +100,11 @@ INVALID = [
     Invalid("memory that is not a quantity", {"resources": {"memory": "lots"}}, "spec.resources.memory"),
     Invalid("a quantity with a fractional exponent", {"resources": {"cpu": ".0E0."}}, "spec.resources.cpu"),
     Invalid(
+        "a quantity with a huge exponent",
+        {"resources": {"memory": "1e61119634809086"}},
+        "spec.resources.memory",
+    ),
+    Invalid(
         "a GPU resource name the API server refuses",
         {"resources": {"gpuResourceName": "0/."}},
         "spec.resources.gpuResourceName",
