@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -128,6 +129,18 @@ def restricted_namespace(kube: Kube, prefix: str = "lf-test") -> str:
         },
     )
     return name
+
+
+@contextlib.contextmanager
+def restricted_namespaces(kube: Kube, prefixes: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Fresh namespaces enforcing Pod Security "restricted", one per role (role -> name prefix); yields
+    role -> namespace and deletes them after."""
+    names = {role: restricted_namespace(kube, prefix) for role, prefix in prefixes.items()}
+    try:
+        yield names
+    finally:
+        for ns in names.values():
+            kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from loraforge_operator.finetunejob.model import FineTuneJobSpec
 from loraforge_operator.modeldeployment import builders as md_builders
 from loraforge_operator.modeldeployment.model import ModelDeploymentSpec, ServingRevision
 from loraforge_operator.settings import Settings
-from tests.conftest import restricted_namespace
+from tests.conftest import restricted_namespaces
 from tests.finetunejob_cases import VALID_SPEC
 from tests.kube import Kube, KubectlError, wait_for
 
@@ -54,14 +54,8 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _n
 @pytest.fixture(scope="module")
 def namespaces(kube: Kube, crds: None) -> Iterator[dict[str, str]]:
     """The release namespace and two workload namespaces, all enforcing Pod Security "restricted"."""
-    names = {
-        "release": restricted_namespace(kube, "lf-chart"),
-        "wl1": restricted_namespace(kube, "lf-wl"),
-        "wl2": restricted_namespace(kube, "lf-wl"),
-    }
-    yield names
-    for ns in names.values():
-        kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    with restricted_namespaces(kube, {"release": "lf-chart", "wl1": "lf-wl", "wl2": "lf-wl"}) as names:
+        yield names
 
 
 @pytest.fixture(scope="module")

@@ -215,6 +215,10 @@ def _served_v1(parsed: ModelDeploymentSpec, namespace: str) -> dict[str, Serving
     }
 
 
+def _resource(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": api.API_VERSION, "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
 def _rejected_naming_a_field(status: int, message: str) -> bool:
     """Was the spec rejected? If so, with a message that names a field (the assertion)."""
     event("rejected" if status not in (200, 201) else "admitted")
@@ -237,8 +241,7 @@ def client(kube: Kube, crds: None):
 def test_finetunejob_specs_are_rejected_naming_a_field_or_handled_cleanly(
     client, namespace: str, spec: dict[str, Any]
 ) -> None:
-    obj = {"apiVersion": api.API_VERSION, "kind": "FineTuneJob", "metadata": {"name": "prop"}}
-    obj["spec"] = spec
+    obj = _resource("FineTuneJob", "prop", spec)
     status, message, _ = _dry_run_create(client, obj, namespace)
     if _rejected_naming_a_field(status, message):
         return
@@ -260,12 +263,7 @@ def test_finetunejob_specs_are_rejected_naming_a_field_or_handled_cleanly(
 def test_modeldeployment_specs_are_rejected_naming_a_field_or_handled_cleanly(
     client, namespace: str, spec: dict[str, Any]
 ) -> None:
-    obj = {
-        "apiVersion": api.API_VERSION,
-        "kind": "ModelDeployment",
-        "metadata": {"name": "prop"},
-        "spec": spec,
-    }
+    obj = _resource("ModelDeployment", "prop", spec)
     status, message, _ = _dry_run_create(client, obj, namespace)
     if _rejected_naming_a_field(status, message):
         return
@@ -285,7 +283,7 @@ def test_a_bad_pod_label_key_is_rejected_at_admission_naming_the_field_and_the_r
 ) -> None:
     """Once a known gap: the CRD took any label key, the API server refused the Job, the operator retried."""
     spec = merge(copy.deepcopy(FTJ_VALID), {"podMetadata": {"labels": {"": "x"}}})
-    obj = {"apiVersion": api.API_VERSION, "kind": "FineTuneJob", "metadata": {"name": "gap"}, "spec": spec}
+    obj = _resource("FineTuneJob", "gap", spec)
     status, message, _ = _dry_run_create(client, obj, namespace)
     assert status == 422 and _names_a_field(message), message
     assert "spec.podMetadata.labels" in message and "podMetadata.labels keys must be label keys" in message
@@ -308,7 +306,7 @@ def test_the_largest_annotation_maps_the_crds_admit_fit_on_the_children(client, 
     )
     assert {len(k) for k in largest} == {317}
     spec = merge(copy.deepcopy(FTJ_VALID), {"podMetadata": {"annotations": largest}})
-    obj = {"apiVersion": api.API_VERSION, "kind": "FineTuneJob", "metadata": {"name": "big"}, "spec": spec}
+    obj = _resource("FineTuneJob", "big", spec)
     status, message, _ = _dry_run_create(client, obj, namespace)
     assert status == 201, message
     owner = ftj_builders.Owner(name="big", namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
@@ -322,12 +320,7 @@ def test_the_largest_annotation_maps_the_crds_admit_fit_on_the_children(client, 
         annotations["maxProperties"], annotations["additionalProperties"]["maxLength"]
     )
     spec = merge(copy.deepcopy(MD_VALID), {"service": {"annotations": largest}})
-    obj = {
-        "apiVersion": api.API_VERSION,
-        "kind": "ModelDeployment",
-        "metadata": {"name": "big"},
-        "spec": spec,
-    }
+    obj = _resource("ModelDeployment", "big", spec)
     status, message, _ = _dry_run_create(client, obj, namespace)
     assert status == 201, message
     parsed = ModelDeploymentSpec.model_validate(spec)

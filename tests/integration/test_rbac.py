@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from loraforge_operator.finetunejob import builders, contract
-from tests.conftest import restricted_namespace
+from tests.conftest import restricted_namespaces
 from tests.finetunejob_cases import VALID_SPEC
 from tests.kube import Kube
 
@@ -187,15 +187,9 @@ class Install:
 @pytest.fixture(scope="module")
 def spaces(kube: Kube) -> Iterator[dict[str, str]]:
     """The release namespace, two workload namespaces and one the chart never names."""
-    names = {
-        "release": restricted_namespace(kube, "lf-rbac-rel"),
-        "wl1": restricted_namespace(kube, "lf-rbac-wl"),
-        "wl2": restricted_namespace(kube, "lf-rbac-wl"),
-        "outside": restricted_namespace(kube, "lf-rbac-out"),
-    }
-    yield names
-    for ns in names.values():
-        kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    prefixes = {"release": "lf-rbac-rel", "wl1": "lf-rbac-wl", "wl2": "lf-rbac-wl", "outside": "lf-rbac-out"}
+    with restricted_namespaces(kube, prefixes) as names:
+        yield names
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from typing import Any
 
 from . import config as config_mod
 from .errors import CONFIG_INVALID, EXIT_FAILED, MODEL_STORE_FULL, TRAINER_FAILED, InvalidInput, TrainerError
+from .publish import io_errno
 from .report import ProgressReporter, write_termination_message
 
 log = logging.getLogger("loraforge_trainer")
@@ -131,8 +132,6 @@ def _out_of_space(e: BaseException, checkpoint_dir: Path | None) -> bool:
     """Did ``e`` come from a full model store? An I/O error says so by its errno (or, from safetensors,
     "(os error 28)" in its message); torch.save's writer says only "file write failed", so the free space
     where checkpoints go decides then."""
-    from .publish import io_errno
-
     if io_errno(e) in (errno.ENOSPC, errno.EDQUOT):
         return True
     folder = checkpoint_dir
