@@ -77,6 +77,35 @@ INVALID = [
         "spec.resources.tolerations[0].value",
         "a toleration with operator Exists takes no value",
     ),
+    # The serving runtimes: what their own start-up would refuse (a crash-looping pod) is refused here.
+    ({"runtime": {"tgi": {}, "vllm": {}}}, "spec.runtime", "set at most one of runtime.tgi or runtime.vllm"),
+    (
+        {"runtime": {"tgi": {"maxInputTokens": 4096, "maxTotalTokens": 4096}}},
+        "spec.runtime.tgi.maxInputTokens",
+        "runtime.tgi.maxInputTokens must be < runtime.tgi.maxTotalTokens",
+    ),
+    (
+        {"runtime": {"tgi": {"maxInputTokens": 8192}}},  # above the default maxTotalTokens, 4096
+        "spec.runtime.tgi.maxInputTokens",
+        "must be < runtime.tgi.maxTotalTokens",
+    ),
+    (
+        {"runtime": {"vllm": {"maxNumSeqs": 64, "maxNumBatchedTokens": 32}}},
+        "spec.runtime.vllm.maxNumBatchedTokens",
+        "runtime.vllm.maxNumBatchedTokens must be >= runtime.vllm.maxNumSeqs",
+    ),
+    ({"runtime": {"vllm": {"maxLoraRank": 24}}}, "spec.runtime.vllm.maxLoraRank", "supported values"),
+    ({"runtime": {"vllm": {"gpuMemoryUtilization": 0}}}, "spec.runtime.vllm.gpuMemoryUtilization", ""),
+    ({"runtime": {"vllm": {"dtype": "int8"}}}, "spec.runtime.vllm.dtype", ""),
+    ({"runtime": {"vllm": {"image": "has space"}}}, "spec.runtime.vllm.image", ""),
+    (
+        {
+            "runtime": {"vllm": {}},
+            "adapters": [{"name": "facts", "from": {"adapter": "facts"}, "smokeTest": {"chat": False}}],
+        },
+        "spec.adapters",
+        "smokeTest.chat: false needs runtime.tgi",
+    ),
 ]
 
 
@@ -127,12 +156,20 @@ def test_a_valid_modeldeployment_gets_its_defaults(kube: Kube, crds: None, names
     ]
 
 
+def test_a_vllm_modeldeployment_is_admitted_with_its_defaults(kube: Kube, crds: None, namespace: str) -> None:
+    kube.kubectl("create", "-n", namespace, "-f", "-", input=_md("vllm", {**VALID, "runtime": {"vllm": {}}}))
+    runtime = kube.get("md", "vllm", "-n", namespace)["spec"]["runtime"]
+    assert runtime == {"vllm": {"dtype": "auto"}}  # no TGI defaults added beside it
+
+
+@pytest.mark.parametrize("runtime", ["tgi", "vllm"])
 def test_every_child_is_accepted_by_the_api_server_under_restricted_pod_security(
-    kube: Kube, crds: None, namespace: str
+    kube: Kube, crds: None, namespace: str, runtime: str
 ) -> None:
     spec = ModelDeploymentSpec.model_validate(
         {
             **VALID,
+            "runtime": {runtime: {}},
             "autoscaling": {"minReplicas": 2, "maxReplicas": 5, "queueSizeTarget": "4", "cpuUtilization": 80},
         }
     )
@@ -160,11 +197,12 @@ def test_every_child_is_accepted_by_the_api_server_under_restricted_pod_security
         )
         assert proc.returncode == 0, f"{child['kind']}: {proc.stderr}"
         assert "would violate PodSecurity" not in proc.stderr, proc.stderr
-    # The HPA as the API server stores it: the Deployment as target, TGI's queue size and CPU as metrics.
+    # The HPA as the API server stores it: the Deployment as target, the runtime's queue and CPU as metrics.
     hpa = next(c for c in children if c["kind"] == "HorizontalPodAutoscaler")
     hpa = {**hpa, "metadata": {k: v for k, v in hpa["metadata"].items() if k != "ownerReferences"}}
     kube.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(hpa))
     stored = kube.get("hpa", "assistant", "-n", namespace)["spec"]
     assert stored["scaleTargetRef"]["name"] == "assistant"
     assert [m["type"] for m in stored["metrics"]] == ["Pods", "Resource"]
-    assert stored["metrics"][0]["pods"]["metric"]["name"] == "tgi_queue_size"
+    queue = {"tgi": "tgi_queue_size", "vllm": "vllm:num_requests_waiting"}[runtime]
+    assert stored["metrics"][0]["pods"]["metric"]["name"] == queue

@@ -289,3 +289,201 @@ def test_an_unresolvable_adapter_keeps_serving_and_creates_nothing_new() -> None
     degraded = next(c for c in p.status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "FineTuneJobNotFound"
     assert p.status["phase"] == "Degraded"
+
+
+# --- the vLLM runtime ---------------------------------------------------------------------------
+
+VLLM = {"runtime": {"vllm": {}}}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"runtime": {"tgi": {}, "vllm": {}}}, "at most one of runtime.tgi or runtime.vllm"),
+        (
+            {"runtime": {"tgi": {"maxInputTokens": 4096, "maxTotalTokens": 4096}}},
+            "maxInputTokens must be < runtime.tgi.maxTotalTokens",
+        ),
+        (
+            {"runtime": {"tgi": {"maxInputTokens": 4096}}},
+            "maxInputTokens must be <",
+        ),  # the default total: 4096
+        (
+            {"runtime": {"vllm": {"maxNumSeqs": 64, "maxNumBatchedTokens": 32}}},
+            "maxNumBatchedTokens must be >= runtime.vllm.maxNumSeqs",
+        ),
+        ({"runtime": {"vllm": {"maxLoraRank": 24}}}, "maxLoraRank"),
+        ({"runtime": {"vllm": {"gpuMemoryUtilization": 0}}}, "greater than 0"),
+        ({"runtime": {"vllm": {"quantization": "awq"}}}, "quantization"),
+        (
+            {
+                **VLLM,
+                "adapters": [{"name": "a", "from": {"adapter": "a"}, "smokeTest": {"chat": False}}],
+            },
+            "smokeTest.chat: false needs runtime.tgi",
+        ),
+    ],
+)
+def test_invalid_runtime_settings_are_refused_naming_the_field(body: dict, message: str) -> None:
+    full = {"baseModel": BASE, "adapters": [{"name": "a", "from": {"adapter": "a"}}], **body}
+    with pytest.raises(ValidationError, match=message):
+        ModelDeploymentSpec.model_validate(full)
+
+
+def _vllm_container(s: ModelDeploymentSpec, revs: dict[str, ServingRevision]) -> dict[str, Any]:
+    dep = builders.deployment(builders.Owner("assistant", "team", "uid-1"), s, Settings(), revs)
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args else None
+
+
+def test_vllm_container_serves_the_revisions_with_lora_modules_offline_non_root_and_read_only() -> None:
+    revs = {
+        "facts": ServingRevision(name="facts", revision="v2", path="adapters/team/facts/v2", rank=8),
+        "chat": ServingRevision(name="chat", revision="v1", path="adapters/team/chat/v1", rank=32),
+    }
+    s = spec(
+        runtime={"vllm": {"maxModelLen": 2048, "maxNumSeqs": 8, "dtype": "bfloat16"}}, resources={"gpus": 2}
+    )
+    c = _vllm_container(s, revs)
+    assert c["name"] == "vllm" and c["image"] == Settings().vllm_image
+    assert c["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    args = c["args"]
+    assert _flag(args, "--model") == "/models/base/smollm2"
+    assert _flag(args, "--served-model-name") == "base/smollm2"
+    assert _flag(args, "--port") == str(runtime.PORT)
+    assert "--enable-lora" in args
+    i = args.index("--lora-modules")
+    assert args[i + 1 : i + 3] == [
+        "chat=/models/adapters/team/chat/v1",
+        "facts=/models/adapters/team/facts/v2",
+    ]
+    assert _flag(args, "--max-loras") == "2"  # default: the number of adapters
+    assert _flag(args, "--max-lora-rank") == "32"  # default: the largest rank served
+    assert _flag(args, "--tensor-parallel-size") == "2"  # default: the pod's GPUs
+    assert (_flag(args, "--max-model-len"), _flag(args, "--max-num-seqs")) == ("2048", "8")
+    assert _flag(args, "--dtype") == "bfloat16"
+    assert "--quantization" not in args and "--gpu-memory-utilization" not in args
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1" and env["DO_NOT_TRACK"] == "1"
+    assert "LORA_ADAPTERS" not in env
+    # Every cache vLLM writes goes under the writable /tmp: the root file system is read-only.
+    writable = {m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/tmp", "/data", "/dev/shm"}, writable  # noqa: S108 - the pod's own emptyDirs
+    assert all(env[k].startswith("/tmp/") for k in ("VLLM_CACHE_ROOT", "VLLM_CONFIG_ROOT", "NUMBA_CACHE_DIR"))  # noqa: S108
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["runAsNonRoot"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == runtime.PRESTOP_SECONDS
+
+
+def test_vllm_settings_reach_the_command_line() -> None:
+    s = spec(
+        runtime={
+            "vllm": {
+                "image": "registry.example/vllm-cpu:v0.32.0",
+                "maxLoras": 4,
+                "maxLoraRank": 64,
+                "gpuMemoryUtilization": 0.8,
+                "quantization": "bitsandbytes",
+                "tensorParallelSize": 1,
+                "maxNumBatchedTokens": 4096,
+            }
+        },
+        resources={"gpus": 4},
+        baseModel={"huggingFaceId": "HuggingFaceTB/SmolLM2-135M-Instruct", "revision": "main"},
+    )
+    c = _vllm_container(s, {"facts": ServingRevision(name="facts", path="a/b", rank=8)})
+    args = c["args"]
+    assert c["image"] == "registry.example/vllm-cpu:v0.32.0"
+    assert (_flag(args, "--model"), _flag(args, "--revision")) == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "main",
+    )
+    assert _flag(args, "--served-model-name") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (_flag(args, "--max-loras"), _flag(args, "--max-lora-rank")) == ("4", "64")
+    assert _flag(args, "--gpu-memory-utilization") == "0.8"
+    assert _flag(args, "--quantization") == "bitsandbytes"
+    assert _flag(args, "--tensor-parallel-size") == "1"
+    assert _flag(args, "--max-num-batched-tokens") == "4096"
+
+
+@pytest.mark.parametrize(
+    ("ranks", "expected"),
+    [([8], "8"), ([8, 12], "16"), ([33], "64"), ([0], "16"), ([300], "320"), ([], "1")],
+)
+def test_vllm_max_lora_rank_defaults_to_the_smallest_allowed_value_covering_every_revision(
+    ranks: list[int], expected: str
+) -> None:
+    revs = {f"a{i}": ServingRevision(name=f"a{i}", path=f"p/{i}", rank=r) for i, r in enumerate(ranks)}
+    assert _flag(_vllm_container(spec(**VLLM), revs)["args"], "--max-lora-rank") == expected
+
+
+def test_every_serving_container_turns_its_runtimes_usage_statistics_off() -> None:
+    revs = {"facts": ServingRevision(name="facts", revision="v1", path="adapters/team/facts/v1")}
+    for s in (spec(), spec(runtime={"tgi": {}}), spec(**VLLM)):
+        c = _vllm_container(s, revs)
+        env = {e["name"]: e["value"] for e in c["env"]}
+        off = runtime.TELEMETRY_OFF[s.runtime.name]
+        assert {k: env.get(k) for k in off} == off, (s.runtime.name, env)
+        assert env["HF_HUB_DISABLE_TELEMETRY"] == "1" and env["DO_NOT_TRACK"] == "1"
+    tgi = {e["name"]: e["value"] for e in _vllm_container(spec(), revs)["env"]}
+    assert tgi["USAGE_STATS"] == "off"  # TGI's launcher: on unless told otherwise
+
+
+def test_the_hpa_targets_each_runtimes_queue_metric() -> None:
+    owner = builders.Owner("assistant", "team", "uid-1")
+    scaling = {"autoscaling": {"maxReplicas": 3, "queueSizeTarget": "2"}}
+    for s, metric in (
+        (spec(**scaling), "tgi_queue_size"),
+        (spec(**scaling, **VLLM), "vllm:num_requests_waiting"),
+    ):
+        hpa = builders.autoscaler(owner, s)
+        assert hpa is not None and hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == metric
+
+
+def _ranked(name: str, revision: str, r: int) -> dict[str, Any]:
+    job = ftj(name, revision)
+    job["spec"]["lora"] = {"r": r}
+    return job
+
+
+def test_a_revision_above_an_explicit_max_lora_rank_is_not_rolled_out_and_degrades_naming_both() -> None:
+    s = spec(runtime={"vllm": {"maxLoraRank": 16}})
+    res = resolve.resolve(s, [_ranked("f1", "v1", 16)], {}, {})
+    assert res.revisions["facts"].rank == 16 and not res.problems
+    v1 = res.revisions["facts"]
+    res = resolve.resolve(s, [_ranked("f1", "v1", 16), _ranked("f2", "v2", 32)], {}, {"facts": v1})
+    assert "facts" not in res.revisions
+    problem = res.problems["facts"]
+    assert problem.reason == "AdapterRankTooHigh"
+    assert "revision v2 (FineTuneJob f2) has LoRA rank 32" in problem.message
+    assert "runtime.vllm.maxLoraRank 16" in problem.message
+    # The rollout does not start: the template keeps v1, and Degraded says why.
+    old = {"serving": [v1.model_dump(by_alias=True)]}
+    p = plan.compute(
+        s, old, res, plan.Observed(1, deployment({"facts": "v1"}), [], NOW), "http://x", "assistant"
+    )
+    assert p.template == {"facts": v1} and p.status["rollout"] is None
+    degraded = next(c for c in p.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "AdapterRankTooHigh"
+    assert "rank 32" in degraded["message"] and "maxLoraRank 16" in degraded["message"]
+    # Without an explicit limit the same revision rolls out (the default rank follows it); TGI takes any rank.
+    for other in (spec(**VLLM), spec()):
+        assert resolve.resolve(other, [_ranked("f2", "v2", 32)], {}, {}).revisions["facts"].revision == "v2"
+    # Above vLLM's largest rank, nothing can load it.
+    too_big = resolve.resolve(spec(**VLLM), [_ranked("f3", "v3", 1024)], {}, {})
+    assert (
+        too_big.problems["facts"].reason == "AdapterRankTooHigh"
+        and "512" in too_big.problems["facts"].message
+    )
+
+
+def test_status_names_the_runtime_and_the_base_models_name_for_clients() -> None:
+    for s, name, base in ((spec(), "tgi", "tgi"), (spec(**VLLM), "vllm", "base/smollm2")):
+        res = resolve.resolve(s, [ftj("f1", "v1")], {}, {})
+        p = plan.compute(s, {}, res, plan.Observed(1, None, [], NOW), "http://x", "assistant")
+        assert (p.status["runtime"], p.status["baseModelName"]) == (name, base)

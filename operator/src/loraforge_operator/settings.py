@@ -14,7 +14,7 @@ class Settings:
     # Default trainer image for FineTuneJobs that do not name one; the chart
     # points it at the private registry mirror.
     trainer_image: str = "loraforge/trainer:0.1.0"
-    # Pull policy of training pods (and of serving pods unless tgi_image_pull_policy says otherwise).
+    # Pull policy of training pods (and of serving pods unless the runtime's own pull policy says otherwise).
     image_pull_policy: str = "IfNotPresent"
     # Secrets (docker-registry, in the workload's namespace) for pulling from a private
     # registry: set on every training and serving pod, whose ServiceAccounts the operator owns.
@@ -24,6 +24,9 @@ class Settings:
     # Default serving image of ModelDeployments (TGI, mirrored into the private registry by the chart).
     tgi_image: str = "ghcr.io/huggingface/text-generation-inference:3.3.6"
     tgi_image_pull_policy: str = "IfNotPresent"
+    # Default image of ModelDeployments with runtime.vllm (vLLM's OpenAI server, mirrored by the chart).
+    vllm_image: str = "vllm/vllm-openai:v0.32.0"
+    vllm_image_pull_policy: str = "IfNotPresent"
     # UID/GID the serving pods run as (numeric, non-root).
     serving_uid: int = 1000
     # Seconds a smoke test of one adapter on one pod may take.
@@ -50,6 +53,8 @@ class Settings:
             trainer_uid=int(e.get("LORAFORGE_TRAINER_UID", d.trainer_uid)),
             tgi_image=e.get("LORAFORGE_TGI_IMAGE", d.tgi_image),
             tgi_image_pull_policy=e.get("LORAFORGE_TGI_IMAGE_PULL_POLICY", pull_policy),
+            vllm_image=e.get("LORAFORGE_VLLM_IMAGE", d.vllm_image),
+            vllm_image_pull_policy=e.get("LORAFORGE_VLLM_IMAGE_PULL_POLICY", pull_policy),
             serving_uid=int(e.get("LORAFORGE_SERVING_UID", d.serving_uid)),
             smoke_test_timeout=float(e.get("LORAFORGE_SMOKE_TEST_TIMEOUT", d.smoke_test_timeout)),
             field_manager=e.get("LORAFORGE_FIELD_MANAGER", d.field_manager),

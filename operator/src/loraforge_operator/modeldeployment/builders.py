@@ -162,7 +162,7 @@ def autoscaler(owner: Owner, spec: ModelDeploymentSpec) -> Manifest | None:
             {
                 "type": "Pods",
                 "pods": {
-                    "metric": {"name": runtime.QUEUE_METRIC},
+                    "metric": {"name": runtime.of(spec).queue_metric},
                     "target": {"type": "AverageValue", "averageValue": a.queue_size_target},
                 },
             }

@@ -1,7 +1,7 @@
 """The ModelDeployment API (loraforge.io/v1alpha1): spec and status.
 
 A ModelDeployment serves a base model and LoRA adapters with a serving runtime
-(TGI), autoscaled, and rolls every replica to each newly promoted adapter
+(TGI or vLLM), autoscaled, and rolls every replica to each newly promoted adapter
 revision, verifying the new pods before old ones go and rolling back by
 itself when they fail. Same conventions as the FineTuneJob API: descriptions
 are `kubectl explain` text, cross-field rules are CEL on the CRD and repeated
@@ -31,19 +31,23 @@ REVISION = r"^v[0-9]+$"
 # Maps that become labels or annotations of children (resources.nodeSelector is the FineTuneJob's).
 ServiceAnnotations = annotation_map("service.annotations", 64)
 MonitorLabels = label_map("monitoring.labels", 16)
+VLLM_RAW_SMOKE_TEST = (
+    "smokeTest.chat: false needs runtime.tgi (vLLM serves chat completions, not TGI's raw route)"
+)
 DEFAULT_TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
 
 
 class SmokeTest(ApiModel):
     """What a new pod must answer with this adapter before it may take traffic. Runs with huggingface_hub's
-    InferenceClient against each new pod, with `adapter_id` set to the adapter's name."""
+    InferenceClient against each new pod, selecting the adapter by its name (`model` in chat completions,
+    `adapter_id` in TGI's raw generation)."""
 
     prompt: Annotated[str, Field(min_length=1, max_length=4096)] = "Hello"
     """Prompt sent with the adapter (raw text; use `chat: true` for the model's chat template)."""
 
     chat: bool = True
     """Send the prompt as one user turn through the chat completions API (the model's chat template), the
-    way most adapters are trained."""
+    way most adapters are trained. vLLM serves chat completions only: raw text (`false`) needs TGI."""
 
     max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 32
     """Tokens to generate (greedy)."""
@@ -55,8 +59,9 @@ class SmokeTest(ApiModel):
     """The answer must match this regular expression (Python syntax, searched anywhere)."""
 
     differs_from_base: bool = False
-    """The answer must differ from the base model's answer to the same prompt: proves the adapter is applied
-    (TGI answers with the base model when an adapter is missing)."""
+    """The answer must differ from the base model's answer to the same prompt: proves the adapter changes
+    answers (TGI answers with the base model when an adapter is missing; vLLM refuses an unknown adapter, so
+    there a missing adapter fails the smoke test without this)."""
 
 
 class AdapterSource(ApiModel):
@@ -102,7 +107,7 @@ class ServedAdapter(ApiModel):
     """One adapter the deployment serves."""
 
     name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
-    """The name clients select it by: TGI's `adapter_id`, or `model` in chat completions."""
+    """The name clients select it by: `model` in chat completions (both runtimes), or TGI's `adapter_id`."""
 
     from_: AdapterSource = Field(alias="from")
     """Where its weights come from."""
@@ -115,6 +120,15 @@ class ServedAdapter(ApiModel):
 class TGISettings(ApiModel):
     """text-generation-inference settings."""
 
+    model_config = cel_rules(
+        # TGI's launcher refuses this at start (ArgumentValidation), so the pod would crash-loop.
+        cel(
+            "self.maxInputTokens < self.maxTotalTokens",
+            "runtime.tgi.maxInputTokens must be < runtime.tgi.maxTotalTokens (TGI's launcher refuses it)",
+            field_path=".maxInputTokens",
+        ),
+    )
+
     image: Annotated[str, Field(max_length=512, pattern=r"^\S+$")] | None = None
     """TGI image, mirrored into your registry. Default: the operator's setting (the chart's values)."""
 
@@ -122,7 +136,7 @@ class TGISettings(ApiModel):
     """Quantization of the base model weights at load time (TGI `--quantize`)."""
 
     max_input_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = 2048
-    """Longest prompt accepted (TGI `--max-input-tokens`)."""
+    """Longest prompt accepted (TGI `--max-input-tokens`). Must be below `maxTotalTokens`."""
 
     max_total_tokens: Annotated[int, Field(ge=2, le=1_048_576)] = 4096
     """Prompt plus generated tokens per request (TGI `--max-total-tokens`)."""
@@ -136,12 +150,114 @@ class TGISettings(ApiModel):
     num_shard: Annotated[int, Field(ge=1, le=16)] | None = None
     """Tensor-parallel shards; default one per GPU of the pod."""
 
+    @model_validator(mode="after")
+    def _tokens(self) -> TGISettings:
+        if self.max_input_tokens >= self.max_total_tokens:
+            raise ValueError(
+                "runtime.tgi.maxInputTokens must be < runtime.tgi.maxTotalTokens (TGI's launcher refuses it)"
+            )
+        return self
+
+
+# The ranks vLLM accepts for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# vLLM's own default --max-lora-rank, assumed for a `from.path` adapter whose rank the operator cannot know.
+VLLM_DEFAULT_LORA_RANK = 16
+
+
+class VLLMSettings(ApiModel):
+    """vLLM settings (its OpenAI-compatible server, `vllm serve`). Unset fields take vLLM's defaults unless
+    said otherwise."""
+
+    model_config = cel_rules(
+        # vLLM's scheduler refuses a token budget smaller than the number of sequences at start.
+        cel(
+            "!has(self.maxNumBatchedTokens) || !has(self.maxNumSeqs) || "
+            "self.maxNumBatchedTokens >= self.maxNumSeqs",
+            "runtime.vllm.maxNumBatchedTokens must be >= runtime.vllm.maxNumSeqs (vLLM refuses it)",
+            field_path=".maxNumBatchedTokens",
+        ),
+    )
+
+    image: Annotated[str, Field(max_length=512, pattern=r"^\S+$")] | None = None
+    """vLLM image (`vllm/vllm-openai`, or vLLM's CPU image), mirrored into your registry. Default: the
+    operator's setting (the chart's values)."""
+
+    max_model_len: Annotated[int, Field(ge=16, le=1_048_576)] | None = None
+    """Longest sequence, prompt plus generated tokens (vLLM `--max-model-len`). Default: the base model's
+    context length."""
+
+    max_loras: Annotated[int, Field(ge=1, le=256)] | None = None
+    """Adapters held in one batch on the GPU at once (vLLM `--max-loras`). Default: the number of adapters."""
+
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] | None = None
+    """Largest LoRA rank the server can load (vLLM `--max-lora-rank`; it reserves memory for it). Default: the
+    smallest allowed value at or above the largest rank of the revisions served (16 for a `from.path`
+    adapter, whose rank the operator cannot read). A revision above an explicit value is not rolled out: the
+    Degraded condition names the revision, its rank and this limit."""
+
+    max_num_seqs: Annotated[int, Field(ge=1, le=4096)] | None = None
+    """Most sequences in one batch (vLLM `--max-num-seqs`)."""
+
+    max_num_batched_tokens: Annotated[int, Field(ge=1, le=1_048_576)] | None = None
+    """Most tokens in one scheduler step (vLLM `--max-num-batched-tokens`); at least `maxNumSeqs`."""
+
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Share of each GPU's memory vLLM may take, weights and KV cache (vLLM `--gpu-memory-utilization`,
+    default 0.9)."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Data type of weights and activations (vLLM `--dtype`); `auto` follows the base model's config."""
+
+    quantization: Literal["bitsandbytes", "fp8"] | None = None
+    """Quantize the base model's weights at load time (vLLM `--quantization`): `bitsandbytes` (4-bit) or `fp8`
+    (GPUs with FP8 support). Adapters stay as trained."""
+
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=16)] | None = None
+    """GPUs one replica shards the model over (vLLM `--tensor-parallel-size`). Default: the pod's GPUs."""
+
+    @model_validator(mode="after")
+    def _tokens(self) -> VLLMSettings:
+        if (
+            self.max_num_batched_tokens is not None
+            and self.max_num_seqs is not None
+            and self.max_num_batched_tokens < self.max_num_seqs
+        ):
+            raise ValueError(
+                "runtime.vllm.maxNumBatchedTokens must be >= runtime.vllm.maxNumSeqs (vLLM refuses it)"
+            )
+        return self
+
 
 class Runtime(ApiModel):
-    """The serving runtime. TGI is the one runtime today."""
+    """The serving runtime: TGI or vLLM. Set at most one; neither is TGI with its defaults."""
 
-    tgi: TGISettings = Field(default_factory=TGISettings)
-    """text-generation-inference settings."""
+    model_config = cel_rules(
+        cel(
+            "!(has(self.tgi) && has(self.vllm))",
+            "set at most one of runtime.tgi or runtime.vllm",
+        ),
+    )
+
+    tgi: TGISettings | None = None
+    """text-generation-inference settings (the default runtime)."""
+
+    vllm: VLLMSettings | None = None
+    """vLLM settings: serve with vLLM's OpenAI-compatible server instead of TGI."""
+
+    @model_validator(mode="after")
+    def _one(self) -> Runtime:
+        if self.tgi is not None and self.vllm is not None:
+            raise ValueError("set at most one of runtime.tgi or runtime.vllm")
+        return self
+
+    @property
+    def name(self) -> Literal["tgi", "vllm"]:
+        return "vllm" if self.vllm is not None else "tgi"
+
+    @property
+    def tgi_settings(self) -> TGISettings:
+        return self.tgi or TGISettings()
 
 
 class ServingResources(ApiModel):
@@ -219,8 +335,8 @@ class Autoscaling(ApiModel):
     """Most replicas."""
 
     queue_size_target: Annotated[Quantity, Field()] | None = None
-    """Target average of TGI's `tgi_queue_size` per pod (requests waiting), as a Pods metric; needs a custom
-    metrics adapter (e.g. prometheus-adapter) exposing it."""
+    """Target average of requests waiting per pod, as a Pods metric: TGI's `tgi_queue_size`, vLLM's
+    `vllm:num_requests_waiting`. Needs a custom metrics adapter (e.g. prometheus-adapter) exposing it."""
 
     cpu_utilization: Annotated[int, Field(ge=1, le=1000)] | None = None
     """Target average CPU utilization in percent of the request (needs metrics-server)."""
@@ -274,7 +390,7 @@ class ServiceSettings(ApiModel):
     """Service type."""
 
     port: Annotated[int, Field(ge=1, le=65535)] = 80
-    """Port the Service listens on (TGI listens on 8080 in the pod)."""
+    """Port the Service listens on (the runtime listens on 8080 in the pod)."""
 
     annotations: ServiceAnnotations = Field(default_factory=dict)
     """Annotations for the Service (e.g. for an internal load balancer). Keys are annotation keys (an optional
@@ -282,7 +398,8 @@ class ServiceSettings(ApiModel):
 
 
 class Monitoring(ApiModel):
-    """Prometheus scraping of the serving pods' metrics (TGI's `/metrics`: queue size, latencies, tokens)."""
+    """Prometheus scraping of the serving pods' metrics (the runtime's `/metrics`: queue size, latencies,
+    tokens)."""
 
     service_monitor: bool = False
     """Create a ServiceMonitor (monitoring.coreos.com/v1, the Prometheus Operator's API) named like the
@@ -304,6 +421,12 @@ class ModelDeploymentSpec(ApiModel):
         cel(
             "!has(self.autoscaling) || !has(self.replicas)",
             "set either replicas or autoscaling, not both",
+        ),
+        cel(
+            "!has(self.runtime) || !has(self.runtime.vllm) || "
+            "self.adapters.all(a, !has(a.smokeTest) || !has(a.smokeTest.chat) || a.smokeTest.chat)",
+            VLLM_RAW_SMOKE_TEST,
+            field_path=".adapters",
         ),
     )
 
@@ -346,6 +469,10 @@ class ModelDeploymentSpec(ApiModel):
     def _rules(self) -> ModelDeploymentSpec:
         if self.autoscaling is not None and self.replicas is not None:
             raise ValueError("set either replicas or autoscaling, not both")
+        if self.runtime.vllm is not None and any(
+            a.smoke_test and not a.smoke_test.chat for a in self.adapters
+        ):
+            raise ValueError(VLLM_RAW_SMOKE_TEST)
         return self
 
 
@@ -366,6 +493,9 @@ class ServingRevision(ApiModel):
 
     fine_tune_job: str = ""
     """The FineTuneJob that published it."""
+
+    rank: Annotated[int, Field(ge=0)] = 0
+    """LoRA rank, from the FineTuneJob's `lora.r`; 0 where unknown (a `from.path` adapter)."""
 
 
 class AdapterStatus(ApiModel):
@@ -451,7 +581,13 @@ class ModelDeploymentStatus(ApiModel):
     """Earlier rollouts, newest first (up to `rollout.historyLimit`): what to pin back to."""
 
     endpoint: str = ""
-    """In-cluster URL of the Service (TGI's API; use it as InferenceClient's base URL)."""
+    """In-cluster URL of the Service (the runtime's API; use it as InferenceClient's base URL)."""
 
     deployment_name: str = ""
     """Name of the Deployment."""
+
+    runtime: str = ""
+    """The serving runtime: `tgi` or `vllm`."""
+
+    base_model_name: str = ""
+    """The `model` that selects the base model, without an adapter, in chat completions."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..conditions import merge_conditions
-from . import builders
+from . import builders, runtime
 from .model import ModelDeploymentSpec, ServingRevision
 from .resolve import Resolution
 
@@ -298,5 +298,7 @@ def compute(
         "history": history[: spec.rollout.history_limit],
         "endpoint": endpoint,
         "deploymentName": deployment_name if template is not None or obs.deployment is not None else "",
+        "runtime": runtime.of(spec).name,
+        "baseModelName": runtime.of(spec).base_model_name(spec),
     }
     return Plan(template=template, status=status, events=events)

@@ -215,7 +215,12 @@ class ModelDeploymentReconciler:
         results = []
         for adapter in spec.adapters:
             r = await asyncio.to_thread(
-                smoke.check, base_url, adapter.name, adapter.smoke_test, self.settings.smoke_test_timeout
+                smoke.check,
+                base_url,
+                runtime.of(spec).base_model_name(spec),
+                adapter.name,
+                adapter.smoke_test,
+                self.settings.smoke_test_timeout,
             )
             results.append(r)
             if not r.ok:

@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..finetunejob.model import LoraSettings
+from . import runtime
 from .model import ModelDeploymentSpec, ServedAdapter, ServingRevision
+
+DEFAULT_RANK = LoraSettings().r  # what a FineTuneJob trains when its spec names no rank
 
 
 @dataclass
@@ -55,6 +59,7 @@ def _revision(adapter: ServedAdapter, ftj: dict[str, Any]) -> ServingRevision:
         path=pub.get("path", ""),
         digest=pub.get("digest", ""),
         fine_tune_job=ftj["metadata"]["name"],
+        rank=int(((ftj.get("spec") or {}).get("lora") or {}).get("r") or DEFAULT_RANK),
     )
 
 
@@ -153,7 +158,18 @@ def resolve(
             )
             continue
         out.revisions[adapter.name] = _revision(adapter, by_rev[promotable[-1]])
+    _drop_incompatible(spec, out)
     return out
+
+
+def _drop_incompatible(spec: ModelDeploymentSpec, out: Resolution) -> None:
+    """A revision the runtime cannot load is a problem, not a rollout: it never reaches a pod."""
+    rt = runtime.of(spec)
+    for name, rev in list(out.revisions.items()):
+        bad = rt.incompatible(spec, rev)
+        if bad is not None:
+            del out.revisions[name]
+            out.problems[name] = Problem(bad.reason, f'adapter "{name}" {bad.message}')
 
 
 def _base_desc(b: dict[str, Any]) -> str:

@@ -18,13 +18,14 @@ class Result:
     message: str
 
 
-def _ask(client, adapter: str | None, test: SmokeTest) -> str:
+def _ask(client, model: str, adapter: str | None, test: SmokeTest) -> str:
+    """``model``: the name of the base model in chat completions (the runtime's); ``adapter`` selects one."""
     if test.chat:
         out = client.chat_completion(
             [{"role": "user", "content": test.prompt}],
-            model=adapter or "tgi",  # TGI selects the adapter by `model`; "tgi" is the base model
+            model=adapter or model,  # both runtimes select the adapter by `model`
             max_tokens=test.max_new_tokens,
-            temperature=0.0,  # greedy in TGI's chat route
+            temperature=0.0,  # greedy
             seed=0,
         )
         return out.choices[0].message.content or ""
@@ -32,14 +33,15 @@ def _ask(client, adapter: str | None, test: SmokeTest) -> str:
     return client.text_generation(test.prompt, max_new_tokens=test.max_new_tokens, do_sample=False, **kwargs)
 
 
-def check(base_url: str, adapter: str, test: SmokeTest | None, timeout: float) -> Result:
-    """Ask the pod at ``base_url`` with ``adapter``; judge the answer by ``test``."""
+def check(base_url: str, base_model: str, adapter: str, test: SmokeTest | None, timeout: float) -> Result:
+    """Ask the pod at ``base_url`` with ``adapter``; judge the answer by ``test``. ``base_model``: the `model`
+    that means the base model (for `differsFromBase`)."""
     from huggingface_hub import InferenceClient
 
     test = test or SmokeTest()
     client = InferenceClient(base_url=base_url, timeout=timeout)
     try:
-        answer = _ask(client, adapter, test)
+        answer = _ask(client, base_model, adapter, test)
     except Exception as e:  # any failure to answer is a failed smoke test, with its reason
         return Result(False, f"smoke test of adapter {adapter} failed: {type(e).__name__}: {str(e)[:300]}")
     shown = answer.strip().replace("\n", " ")[:EXCERPT]
@@ -61,7 +63,7 @@ def check(base_url: str, adapter: str, test: SmokeTest | None, timeout: float) -
             )
     if test.differs_from_base:
         try:
-            base = _ask(client, None, test)
+            base = _ask(client, base_model, None, test)
         except Exception as e:
             return Result(
                 False, f"smoke test of adapter {adapter}: base model failed: {type(e).__name__}: {e}"
