@@ -377,7 +377,11 @@ def test_vllm_container_serves_the_revisions_with_lora_modules_offline_non_root_
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # SIGTERM drains in-flight requests (vLLM's default aborts them) within the pod's grace period.
     assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == runtime.PRESTOP_SECONDS
+    drain = int(_flag(args, "--shutdown-timeout") or 0)
+    pod = builders.deployment(builders.Owner("a", "t", "u"), s, Settings(), revs)["spec"]["template"]["spec"]
+    assert drain > 0 and runtime.PRESTOP_SECONDS + drain < pod["terminationGracePeriodSeconds"]
 
 
 def test_vllm_settings_reach_the_command_line() -> None:

@@ -103,7 +103,7 @@ def deployment(
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,  # the runtime talks to no API
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 60,  # in-flight generations finish
+        "terminationGracePeriodSeconds": runtime.TERMINATION_GRACE_SECONDS,  # in-flight generations finish
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": settings.serving_uid,

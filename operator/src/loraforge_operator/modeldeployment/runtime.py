@@ -24,6 +24,11 @@ from .model import (
 
 PORT = 8080
 PRESTOP_SECONDS = 5
+# How long a terminating serving pod has: the preStop pause, then SIGTERM and the server's draining.
+TERMINATION_GRACE_SECONDS = 60
+# vLLM aborts in-flight requests on SIGTERM unless told to drain (`--shutdown-timeout`, 0 = abort): it may
+# take what is left of the grace period after the preStop pause, with a margin before the SIGKILL.
+VLLM_DRAIN_SECONDS = TERMINATION_GRACE_SECONDS - PRESTOP_SECONDS - 5
 # Where both runtimes serve their Prometheus metrics (on the API port).
 METRICS_PATH = "/metrics"
 
@@ -225,6 +230,8 @@ class VLLM:
             str(v.max_loras or len(revisions) or 1),
             "--max-lora-rank",
             str(self.max_lora_rank(spec, revisions)),
+            "--shutdown-timeout",
+            str(VLLM_DRAIN_SECONDS),
         ]
         if revisions:
             args += [
