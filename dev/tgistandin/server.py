@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -21,6 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 log = logging.getLogger("tgistandin")
 VERSION = "loraforge-tgi-standin 0.1"
 BASE_MODEL_NAMES = ("", "tgi")  # `model` values that mean the base model in chat completions
+# TGI's --usage-stats / USAGE_STATS levels (its launcher's UsageStatsLevel); TGI's default is "on".
+USAGE_STATS_LEVELS = ("on", "off", "no-stack")
 
 
 class ValidationError(Exception):
@@ -504,6 +507,9 @@ class Server(ThreadingHTTPServer):
             "version": VERSION,
             "sha": None,
             "docker_label": None,
+            # Not in TGI's /info: the --usage-stats level in effect, so a test can check what a pod was
+            # started with. The stand-in never sends anything anywhere, whatever the level.
+            "usage_stats": a.usage_stats,
         }
 
 
@@ -518,6 +524,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-input-tokens", type=int, default=int(env("MAX_INPUT_TOKENS") or 1024))
     p.add_argument("--max-total-tokens", type=int, default=int(env("MAX_TOTAL_TOKENS") or 2048))
     p.add_argument("--max-concurrent-requests", type=int, default=128)
+    # TGI's launcher reports usage statistics to Hugging Face unless this is "off" (or "no-stack": no
+    # stack traces). Accepted and logged; the stand-in sends nothing, whatever it says.
+    p.add_argument("--usage-stats", type=_usage_stats, default=env("USAGE_STATS") or "on")
     p.add_argument("--max-batch-size", type=int, default=None)
     # Accepted so a TGI command line runs unchanged; a CPU process has no shards or quantized kernels.
     p.add_argument("--quantize", default=env("QUANTIZE"))
@@ -529,9 +538,37 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _usage_stats(value: str) -> str:
+    # Case-sensitive, as clap's value enum in TGI's launcher; argparse applies this to the env default too.
+    if value not in USAGE_STATS_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {value!r} (possible values: {', '.join(USAGE_STATS_LEVELS)})"
+        )
+    return value
+
+
+def validate(args: argparse.Namespace) -> str | None:
+    """TGI's launcher's argument checks that apply here: the error text it ends with, or None."""
+    if args.max_input_tokens >= args.max_total_tokens:
+        # TGI's text, backticks included (launcher/src/main.rs); TGI checks it when both are given, the
+        # stand-in on the values it would run with (its own defaults when they are not).
+        return (
+            f"`max_input_tokens`({args.max_input_tokens}) must be < "
+            f"`max_total_tokens`({args.max_total_tokens})"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log.info("usage stats: %s (the stand-in sends nothing anywhere)", args.usage_stats)
+    error = validate(args)
+    if error is not None:
+        # TGI's launcher returns LauncherError::ArgumentValidation from main(): Rust prints its Debug form
+        # after "Error: " on stderr and exits with 1, before loading anything.
+        print(f'Error: ArgumentValidation("{error}")', file=sys.stderr, flush=True)
+        return 1
     adapters = parse_lora_adapters(os.environ.get("LORA_ADAPTERS", ""))
     for name, path in adapters.items():
         if not (path / "adapter_config.json").is_file():

@@ -46,19 +46,25 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
+def standin_env(**extra: str) -> dict[str, str]:
+    """The stand-in's environment: offline, importable from dev/, with no USAGE_STATS but ``extra``'s."""
+    env = {k: v for k, v in os.environ.items() if k != "USAGE_STATS"}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "dev"), os.environ.get("PYTHONPATH", "")])
+    return {**env, **extra}
+
+
 @pytest.fixture(scope="module")
-def server(
-    tiny_model_dir: Path, adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tgi") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, adapter_dir: Path, server_log: Path) -> Iterator[str]:
     port = free_port()
-    log = tmp_path_factory.mktemp("tgi") / "server.log"
-    env = {
-        **os.environ,
-        "LORA_ADAPTERS": f"facts={adapter_dir}",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO / "dev"), os.environ.get("PYTHONPATH", "")]),
-    }
-    with log.open("w") as out:
+    # USAGE_STATS=off as the operator sets it on TGI containers (TGI's default, on, reports to Hugging Face).
+    env = standin_env(LORA_ADAPTERS=f"facts={adapter_dir}", USAGE_STATS="off")
+    with server_log.open("w") as out:
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -90,7 +96,7 @@ def server(
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the stand-in did not become healthy:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"the stand-in did not become healthy:\n{server_log.read_text()[-3000:]}")
             time.sleep(0.5)
         yield url
     finally:
@@ -146,6 +152,7 @@ def test_info_health_and_tgi_metrics(server: str, client) -> None:
     with urllib.request.urlopen(f"{server}/info") as r:  # noqa: S310 - loopback
         info = json.loads(r.read())
     assert info["max_total_tokens"] == 512 and info["model_device_type"] == "cpu"
+    assert info["usage_stats"] == "off"
     with urllib.request.urlopen(f"{server}/metrics") as r:  # noqa: S310
         metrics = r.read().decode()
     for name in (
@@ -171,3 +178,65 @@ def test_bad_requests_get_422_with_tgi_error_shape(server: str) -> None:
         "error": "`inputs` must be a non-empty string",
         "error_type": "validation",
     }
+
+
+def test_the_usage_stats_level_in_effect_is_logged_at_start(server: str, server_log: Path) -> None:
+    assert "usage stats: off (the stand-in sends nothing anywhere)" in server_log.read_text()
+
+
+def _refused_start(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """The stand-in started with ``args`` where it must refuse before loading anything (no model)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tgistandin", "--model-id", "/nonexistent/model", *args],
+        env=standin_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(("max_input", "max_total"), [(4096, 4096), (5000, 4096)])
+def test_max_input_tokens_not_below_max_total_tokens_is_refused_as_tgi_does(
+    max_input: int, max_total: int
+) -> None:
+    proc = _refused_start("--max-input-tokens", str(max_input), "--max-total-tokens", str(max_total))
+    # TGI's launcher: main() returns LauncherError::ArgumentValidation, which Rust prints in its Debug form
+    # after "Error: " on stderr, exit code 1.
+    assert proc.returncode == 1, proc.stderr
+    assert (
+        f'Error: ArgumentValidation("`max_input_tokens`({max_input}) must be < '
+        f'`max_total_tokens`({max_total})")'
+    ) in proc.stderr.splitlines()
+    assert "loading" not in proc.stderr, "the model was loaded before the arguments were checked"
+
+
+def test_the_token_limits_from_env_are_checked_too() -> None:
+    proc = _refused_start(MAX_INPUT_TOKENS="2048", MAX_TOTAL_TOKENS="1024")
+    assert proc.returncode == 1
+    assert 'ArgumentValidation("`max_input_tokens`(2048) must be < `max_total_tokens`(1024)")' in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "level"),
+    [
+        ((), {}, "on"),  # TGI's default
+        ((), {"USAGE_STATS": "off"}, "off"),
+        ((), {"USAGE_STATS": "no-stack"}, "no-stack"),
+        (("--usage-stats", "off"), {"USAGE_STATS": "on"}, "off"),  # the flag wins over the env, as clap's
+    ],
+)
+def test_usage_stats_takes_tgis_flag_and_env(args: tuple[str, ...], env: dict[str, str], level: str) -> None:
+    # A refused start (no model needed) still logs the level first, as TGI's launcher logs its arguments.
+    proc = _refused_start(*args, "--max-input-tokens", "8", "--max-total-tokens", "8", **env)
+    assert proc.returncode == 1, proc.stderr
+    assert f"usage stats: {level} (the stand-in sends nothing anywhere)" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"), [(("--usage-stats", "none"), {}), ((), {"USAGE_STATS": "OFF"})], ids=["flag", "env"]
+)
+def test_an_unknown_usage_stats_level_is_a_usage_error(args: tuple[str, ...], env: dict[str, str]) -> None:
+    proc = _refused_start(*args, **env)
+    assert proc.returncode == 2, proc.stderr
+    assert "--usage-stats: invalid value" in proc.stderr
+    assert "possible values: on, off, no-stack" in proc.stderr
