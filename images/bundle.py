@@ -7,7 +7,8 @@ gap (docs/airgap.md walks an administrator through its use):
 
 - ``charts/loraforge-<version>.tgz``: the Helm chart;
 - ``images/*.tar``: the operator and trainer images (built first with
-  ``make images``) and the upstream TGI image, saved with skopeo (OCI
+  ``make images``) and the upstream images of both serving runtimes, TGI
+  (``serving.tar``) and vLLM (``vllm.tar``), saved with skopeo (OCI
   archives, digests kept) or docker/podman (``save``);
 - ``images.txt``: archive, transport, repository:tag and digest per image,
   read by ``push-images.sh``, which copies them into the private registry;
@@ -16,9 +17,10 @@ gap (docs/airgap.md walks an administrator through its use):
   sha256, to check what arrived;
 - ``airgap.md``: the walkthrough.
 
-The images are the chart's defaults (values.yaml): the repository and tag
-each is pushed under are those the chart asks for, so one
-``global.imageRegistry`` points the whole install at the mirror.
+The images are the chart's defaults (values.yaml, read here, so the list
+cannot drift from the chart): the repository and tag each is pushed under
+are those the chart asks for, so one ``global.imageRegistry`` points the
+whole install at the mirror.
 """
 
 from __future__ import annotations
@@ -45,9 +47,19 @@ class BundleError(Exception):
     pass
 
 
+# Bundle name of each image -> where values.yaml keeps it (its `image` map), and whether `make images` builds
+# it here (else it is the upstream image, pulled).
+CHART_IMAGES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("operator", ("operator", "image"), True),
+    ("trainer", ("trainer", "image"), True),
+    ("serving", ("serving", "image"), False),  # TGI, the default serving runtime
+    ("vllm", ("serving", "vllm", "image"), False),  # vLLM, for ModelDeployments with runtime.vllm
+)
+
+
 @dataclass(frozen=True)
 class Image:
-    name: str  # operator, trainer, serving
+    name: str  # operator, trainer, serving (TGI), vllm
     source: str  # where it is copied from
     ref: str  # repository:tag under the private registry (what the chart pulls)
     local: bool  # built here (make images), not pulled
@@ -60,11 +72,13 @@ def chart_meta() -> dict:
 def images(values: dict, app_version: str) -> list[Image]:
     """The images the chart installs by default, and where each comes from."""
     out = []
-    for name in ("operator", "trainer", "serving"):
-        img = values[name]["image"]
+    for name, path, local in CHART_IMAGES:
+        img = values
+        for key in path:
+            img = img[key]
         ref = f"{img['repository']}:{img['tag'] or app_version}"
         source = f"{img['registry']}/{ref}" if img["registry"] else ref
-        out.append(Image(name=name, source=source, ref=ref, local=name != "serving"))
+        out.append(Image(name=name, source=source, ref=ref, local=local))
     return out
 
 

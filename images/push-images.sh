@@ -3,10 +3,10 @@
 #
 #   ./push-images.sh REGISTRY        e.g. ./push-images.sh registry.example.org/mirror
 #
-# Reads images.txt beside this script (one line per image: archive, transport, repository:tag, digest)
-# and copies each archive to REGISTRY/repository:tag, with skopeo where it is installed (the digest is
-# kept), else with docker or podman (load, tag, push). Log in to the registry first (skopeo login /
-# docker login). Then install the chart with --set global.imageRegistry=REGISTRY.
+# Reads images.txt beside this script (one line per image: archive, transport, repository:tag, digest;
+# operator, trainer, TGI, vLLM) and copies each to REGISTRY/repository:tag, with skopeo where installed
+# (the digest is kept), else with docker or podman (load, tag, push). Log in to the registry first
+# (skopeo login / docker login). Then install the chart with --set global.imageRegistry=REGISTRY.
 set -euo pipefail
 
 [ $# -eq 1 ] || { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }

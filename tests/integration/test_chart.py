@@ -24,7 +24,12 @@ import yaml
 from loraforge_operator.finetunejob import builders as ftj_builders
 from loraforge_operator.finetunejob.model import FineTuneJobSpec
 from loraforge_operator.modeldeployment import builders as md_builders
-from loraforge_operator.modeldeployment.model import ModelDeploymentSpec, ServingRevision
+from loraforge_operator.modeldeployment.model import (
+    ModelDeploymentSpec,
+    Runtime,
+    ServingRevision,
+    VLLMSettings,
+)
 from loraforge_operator.settings import Settings
 from tests.conftest import restricted_namespaces
 from tests.finetunejob_cases import VALID_SPEC
@@ -148,7 +153,7 @@ def _chart_pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _operator_pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The pods the operator would create with the chart's settings: a training Job's and a serving
-    Deployment's (the operator's own builders, fed the rendered ConfigMap)."""
+    Deployment's with each runtime, TGI and vLLM (the operator's own builders, fed the rendered ConfigMap)."""
     cm = next(d for d in docs if d["kind"] == "ConfigMap" and "LORAFORGE_TRAINER_IMAGE" in d.get("data", {}))
     settings = Settings.from_env(cm["data"])
     owner = ftj_builders.Owner(name="probe", namespace="x", uid="0123456789abcdef")
@@ -157,12 +162,15 @@ def _operator_pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {"baseModel": {"path": "base/m"}, "adapters": [{"name": "a", "from": {"path": "adapters/x/a/v1"}}]}
     )
     revs = {"a": ServingRevision(name="a", path="adapters/x/a/v1")}
-    dep = md_builders.deployment(
-        md_builders.Owner(name="probe", namespace="x", uid="u" * 16), md, settings, revs
-    )
+    md_owner = md_builders.Owner(name="probe", namespace="x", uid="u" * 16)
+    dep = md_builders.deployment(md_owner, md, settings, revs)
+    vllm_md = md.model_copy(update={"runtime": Runtime(vllm=VLLMSettings())})
+    vllm_dep = md_builders.deployment(md_owner, vllm_md, settings, revs)
+    assert vllm_dep["spec"]["template"]["spec"]["containers"][0]["image"] == settings.vllm_image
     return [
         _as_pod("probe-train", job["spec"]["template"]["spec"]),
         _as_pod("probe-serve", dep["spec"]["template"]["spec"]),
+        _as_pod("probe-serve-vllm", vllm_dep["spec"]["template"]["spec"]),
     ]
 
 
@@ -188,7 +196,10 @@ def _cases(ns: dict[str, str]) -> dict[str, tuple[dict[str, Any], tuple[str, ...
                 "workloadNamespaces": [ns["wl1"], ns["wl2"]],
                 "operator": {"replicas": 2, "ha": {"enabled": True}, "image": {"digest": DIGEST}},
                 "trainer": {"image": {"digest": DIGEST, "pullPolicy": "Always"}},
-                "serving": {"image": {"tag": "3.3.6", "digest": DIGEST}},
+                "serving": {
+                    "image": {"tag": "3.3.6", "digest": DIGEST},
+                    "vllm": {"image": {"digest": DIGEST}},
+                },
                 "networkPolicy": {"apiServer": {"cidrs": ["10.0.0.10/32", "fd00::1/128"], "ports": [6443]}},
             },
             (),
@@ -280,6 +291,9 @@ def test_the_variants_render_what_they_promise(kube: Kube, namespaces: dict[str,
     assert cm["data"]["LORAFORGE_TGI_IMAGE"].startswith(
         "registry.example:5000/ml/huggingface/text-generation-"
     )
+    # vLLM's image from the same mirror (global.imageRegistry replaces its docker.io), pinned.
+    assert cm["data"]["LORAFORGE_VLLM_IMAGE"] == f"registry.example:5000/ml/vllm/vllm-openai:v0.32.0@{DIGEST}"
+    assert cm["data"]["LORAFORGE_VLLM_IMAGE_PULL_POLICY"] == "IfNotPresent"
     assert cm["data"]["LORAFORGE_IMAGE_PULL_SECRETS"] == "mirror-creds"
     # Namespaced RBAC: a Role per workload namespace, no cluster-wide grant of the workload rules.
     assert sorted(
@@ -294,6 +308,8 @@ def test_the_variants_render_what_they_promise(kube: Kube, namespaces: dict[str,
     defaults = _template(kube, namespaces["release"], {"workloadNamespaces": [namespaces["wl1"]]})
     dep = next(d for d in defaults if d["kind"] == "Deployment")
     assert dep["spec"]["strategy"] == {"type": "Recreate"} and dep["spec"]["replicas"] == 1
+    cm = next(d for d in defaults if d["kind"] == "ConfigMap" and "LORAFORGE_VLLM_IMAGE" in d.get("data", {}))
+    assert cm["data"]["LORAFORGE_VLLM_IMAGE"] == "docker.io/vllm/vllm-openai:v0.32.0"
     assert not [d for d in defaults if d["kind"] == "PodDisruptionBudget"]
     crds = [d for d in defaults if d["kind"] == "CustomResourceDefinition"]
     assert sorted(c["metadata"]["name"] for c in crds) == [
@@ -328,6 +344,11 @@ def test_the_stage_model_pod_is_admitted_under_restricted(kube: Kube, namespaces
         ({"operator": {"replicas": "two"}}, "at '/operator/replicas': got string, want integer"),
         ({"scope": {"mode": "everywhere"}}, "at '/scope/mode'"),
         ({"operator": {"image": {"digest": "latest"}}}, "at '/operator/image/digest'"),
+        ({"serving": {"vllm": {"imag": {}}}}, "at '/serving/vllm': additional properties 'imag' not allowed"),
+        (
+            {"serving": {"vllm": {"image": {"pullPolicy": "Sometimes"}}}},
+            "at '/serving/vllm/image/pullPolicy'",
+        ),
         ({"securityContext": {"privileged": "yes"}}, "at '/securityContext/privileged'"),
         ({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}}, "at '/networkPolicy/apiServer/cidrs/0'"),
         ({"workloadNamespaces": ["Not_A_Namespace"]}, "at '/workloadNamespaces/0'"),

@@ -160,17 +160,29 @@ def test_the_operator_reads_the_settings_the_chart_passes() -> None:
             "LORAFORGE_IMAGE_PULL_POLICY": "Always",
             "LORAFORGE_TGI_IMAGE": "mirror.example/huggingface/text-generation-inference:3.3.6",
             "LORAFORGE_TGI_IMAGE_PULL_POLICY": "Never",
+            "LORAFORGE_VLLM_IMAGE": "mirror.example/vllm/vllm-openai:v0.32.0",
+            "LORAFORGE_VLLM_IMAGE_PULL_POLICY": "IfNotPresent",
             "LORAFORGE_IMAGE_PULL_SECRETS": "mirror-creds,other",
             "LORAFORGE_TRAINER_UID": "1001",
             "LORAFORGE_SERVING_UID": "1002",
         }
     )
     assert s.image_pull_policy == "Always" and s.tgi_image_pull_policy == "Never"
+    assert s.vllm_image == "mirror.example/vllm/vllm-openai:v0.32.0"
+    assert s.vllm_image_pull_policy == "IfNotPresent"
     assert s.image_pull_secrets == ("mirror-creds", "other")
     assert (s.trainer_uid, s.serving_uid) == (1001, 1002)
-    # Unset, TGI's pull policy follows the trainer's; no secrets means none.
+    # Unset, TGI's and vLLM's pull policies follow the trainer's; no secrets means none.
     d = Settings.from_env({"LORAFORGE_IMAGE_PULL_POLICY": "Always", "LORAFORGE_IMAGE_PULL_SECRETS": ""})
     assert d.tgi_image_pull_policy == "Always" and d.image_pull_secrets == ()
+    assert d.vllm_image_pull_policy == "Always"
+
+
+def _docker_hub(ref: str) -> str:
+    """``ref`` with Docker Hub's registry spelled out, as container runtimes read a reference without one."""
+    host, slash, _ = ref.partition("/")
+    qualified = slash and ("." in host or ":" in host or host == "localhost")
+    return ref if qualified else f"docker.io/{ref}"
 
 
 def test_chart_defaults_match_the_operator_defaults() -> None:
@@ -179,6 +191,10 @@ def test_chart_defaults_match_the_operator_defaults() -> None:
     assert VALUES["serving"]["uid"] == d.serving_uid
     s = VALUES["serving"]["image"]
     assert f"{s['registry']}/{s['repository']}:{s['tag']}" == d.tgi_image
+    v = VALUES["serving"]["vllm"]["image"]
+    assert (v["repository"], v["tag"]) == ("vllm/vllm-openai", "v0.32.0")
+    assert f"{v['registry']}/{v['repository']}:{v['tag']}" == _docker_hub(d.vllm_image)
+    assert v["pullPolicy"] == s["pullPolicy"] == d.vllm_image_pull_policy == d.tgi_image_pull_policy
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     assert f"{VALUES['trainer']['image']['repository']}:{app_version}" == d.trainer_image
     assert VALUES["operator"]["metricsPort"] == d.metrics_port
@@ -196,6 +212,7 @@ _PROMQL_WORDS = {
     "phase",
     "namespace",
     "pod",
+    "finished_reason",
 }
 
 
@@ -203,7 +220,8 @@ def test_the_dashboard_plots_only_metrics_that_exist() -> None:
     dash = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     assert exprs
-    used = {w for e in exprs for w in re.findall(r"[a-z_]+(?=[\[{(\s)]|$)", e)} - _PROMQL_WORDS
+    # Metric names may hold digits and colons (vLLM's "vllm:e2e_...").
+    used = {w for e in exprs for w in re.findall(r"[a-z_:][a-z0-9_:]*(?=[\[{(\s)]|$)", e)} - _PROMQL_WORDS
     operator_metrics = set()
     for collector in (
         metrics.RECONCILES,
@@ -223,9 +241,18 @@ def test_the_dashboard_plots_only_metrics_that_exist() -> None:
         "tgi_request_count",
         "tgi_request_duration_bucket",
     }
-    unknown = used - operator_metrics - tgi
+    # vLLM's names (its OpenAI server's /metrics): the queue the autoscaler targets (runtime.py), the batch,
+    # finished requests, end-to-end latency and time to first token.
+    vllm = {
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:request_success_total",
+        "vllm:e2e_request_latency_seconds_bucket",
+        "vllm:time_to_first_token_seconds_bucket",
+    }
+    unknown = used - operator_metrics - tgi - vllm
     assert not unknown, f"the dashboard queries metrics nobody exports: {sorted(unknown)}"
-    assert {"loraforge_reconciles_total", "tgi_queue_size"} <= used
+    assert {"loraforge_reconciles_total", "tgi_queue_size"} | vllm <= used
 
 
 @pytest.mark.parametrize("template", sorted(p.name for p in (CHART / "templates").rglob("*.yaml")))
@@ -248,11 +275,34 @@ def _units(values: dict[str, Any], whole: frozenset[str], prefix: str = "") -> s
     return out
 
 
-def test_the_readme_values_table_lists_every_value() -> None:
+def _readme_rows() -> dict[str, str]:
+    """key -> default column of the README's values table."""
     readme = (CHART / "README.md").read_text()
-    listed = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", readme[readme.index("## Values") :], re.M))
+    table = readme[readme.index("## Values") :]
+    return dict(re.findall(r"^\| `([A-Za-z0-9_.]+)` \| ([^|]*) \|", table, re.M))
+
+
+def test_the_readme_values_table_lists_every_value() -> None:
+    listed = set(_readme_rows())
     # Kubernetes-typed maps and label maps are one row each.
     whole = frozenset({"operator.resources", "tests.resources", "podSecurityContext", "securityContext"})
     wanted = _units(VALUES, whole | OPEN_MAPS)
     assert wanted - listed == set(), "values missing from the README's table"
     assert listed - wanted == set(), "the README's table lists values that do not exist"
+
+
+def test_the_readme_values_table_shows_each_default_of_values_yaml() -> None:
+    def value(path: str) -> Any:
+        v: Any = VALUES
+        for key in path.split("."):
+            v = v[key]
+        return v
+
+    rows = _readme_rows()
+    assert "serving.vllm.image.repository" in rows
+    wrong = {
+        key: (shown, f"`{json.dumps(value(key))}`")
+        for key, shown in rows.items()
+        if shown.strip() != f"`{json.dumps(value(key))}`"
+    }
+    assert not wrong, f"README defaults differ from values.yaml (shown, values.yaml): {wrong}"

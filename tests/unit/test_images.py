@@ -7,6 +7,7 @@ bundle.py) works against stand-ins for kubectl and skopeo."""
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -355,9 +356,16 @@ def test_the_airgap_bundle_holds_chart_images_scripts_and_digests(tmp_path: Path
     tgi = VALUES["serving"]["image"]
     assert refs["serving"]["ref"] == f"{tgi['repository']}:{tgi['tag']}"
     assert refs["serving"]["source"] == Settings().tgi_image
+    # vLLM beside TGI, from the chart's serving.vllm.image: pushed as vllm/vllm-openai:<tag> under the mirror.
+    vllm = VALUES["serving"]["vllm"]["image"]
+    assert refs["vllm"]["ref"] == f"{vllm['repository']}:{vllm['tag']}" == "vllm/vllm-openai:v0.32.0"
+    assert refs["vllm"]["source"] == f"{vllm['registry']}/{vllm['repository']}:{vllm['tag']}"
+    assert refs["vllm"]["source"].endswith(Settings().vllm_image), "the operator's default vLLM image"
+    assert sorted(refs) == ["operator", "serving", "trainer", "vllm"]
     calls = [json.loads(ln) for ln in (tmp_path / "skopeo.log").read_text().splitlines()]
     sources = {c[-2] for c in calls if c[0] == "copy"}
     assert f"docker://{Settings().tgi_image}" in sources, "TGI is pulled from upstream"
+    assert f"docker://{refs['vllm']['source']}" in sources, "vLLM is pulled from upstream"
     assert f"docker-daemon:loraforge/operator:{chart['appVersion']}" in sources, "loraforge's own are local"
     for image in manifest["images"]:
         assert re.fullmatch(r"sha256:[0-9a-f]{64}", image["digest"])
@@ -370,6 +378,41 @@ def test_the_airgap_bundle_holds_chart_images_scripts_and_digests(tmp_path: Path
     assert (root / "airgap.md").read_text() == (REPO / "docs" / "airgap.md").read_text()
 
 
+def _bundle_module():
+    """images/bundle.py as a module (it is a script, not in a package)."""
+    name = "loraforge_images_bundle"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, IMAGES / "bundle.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _image_maps(values: dict, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Paths of values.yaml's image maps that name a repository (tests.image names none by default: the test
+    pod then runs the operator's image)."""
+    out = set()
+    for key, value in values.items():
+        if isinstance(value, dict):
+            if key == "image" and value.get("repository"):
+                out.add((*path, key))
+            out |= _image_maps(value, (*path, key))
+    return out
+
+
+def test_the_bundle_carries_every_image_the_chart_defaults_to() -> None:
+    bundle = _bundle_module()
+    assert {path for _, path, _ in bundle.CHART_IMAGES} == _image_maps(VALUES), (
+        "an image of values.yaml is missing from images/bundle.py's CHART_IMAGES (or one is stale)"
+    )
+    listed = {i.name: i for i in bundle.images(VALUES, "0.1.0")}
+    assert listed["vllm"].ref == "vllm/vllm-openai:v0.32.0" and not listed["vllm"].local
+    assert listed["serving"].ref.startswith("huggingface/text-generation-inference:")
+    assert {n for n, i in listed.items() if i.local} == {"operator", "trainer"}
+
+
 def test_push_images_copies_every_archive_to_the_registry(tmp_path: Path) -> None:
     bundle = tmp_path / "b"
     bundle.mkdir()
@@ -377,6 +420,7 @@ def test_push_images_copies_every_archive_to_the_registry(tmp_path: Path) -> Non
     (bundle / "images.txt").write_text(
         "# header\nimages/operator.tar oci-archive loraforge/operator:0.1.0 sha256:aa\n"
         "images/serving.tar oci-archive huggingface/text-generation-inference:3.3.6 sha256:bb\n"
+        "images/vllm.tar oci-archive vllm/vllm-openai:v0.32.0 sha256:dd\n"
     )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -396,5 +440,6 @@ def test_push_images_copies_every_archive_to_the_registry(tmp_path: Path) -> Non
         f"copy --all oci-archive:{bundle}/images/operator.tar docker://mirror.example:5000/ml/loraforge/operator:0.1.0",
         f"copy --all oci-archive:{bundle}/images/serving.tar "
         "docker://mirror.example:5000/ml/huggingface/text-generation-inference:3.3.6",
+        f"copy --all oci-archive:{bundle}/images/vllm.tar docker://mirror.example:5000/ml/vllm/vllm-openai:v0.32.0",
     ]
     assert "global.imageRegistry=mirror.example:5000/ml" in proc.stdout

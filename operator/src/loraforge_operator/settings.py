@@ -25,7 +25,7 @@ class Settings:
     tgi_image: str = "ghcr.io/huggingface/text-generation-inference:3.3.6"
     tgi_image_pull_policy: str = "IfNotPresent"
     # Default image of ModelDeployments with runtime.vllm (vLLM's OpenAI server, mirrored by the chart).
-    vllm_image: str = "vllm/vllm-openai:v0.32.0"
+    vllm_image: str = "docker.io/vllm/vllm-openai:v0.32.0"
     vllm_image_pull_policy: str = "IfNotPresent"
     # UID/GID the serving pods run as (numeric, non-root).
     serving_uid: int = 1000
