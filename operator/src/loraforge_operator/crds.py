@@ -148,7 +148,7 @@ def modeldeployment_crd() -> dict[str, Any]:
     return _crd(
         "ModelDeployment",
         "md",
-        "A ModelDeployment serves a base model and LoRA adapters with text-generation-inference, "
+        "A ModelDeployment serves a base model and LoRA adapters with a serving runtime (TGI or vLLM), "
         "autoscaled, and rolls every replica to each newly promoted adapter revision without downtime: new "
         "pods are smoke-tested with the adapter before old ones go, and a revision that fails is rolled back "
         "by itself.",
@@ -165,6 +165,7 @@ def modeldeployment_crd() -> dict[str, Any]:
                 "description": "Adapter revisions every replica serves",
             },
             {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
+            {"name": "Runtime", "type": "string", "jsonPath": ".status.runtime", "priority": 1},
             {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
         ],
         [
