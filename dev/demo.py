@@ -9,15 +9,17 @@
 4. examples/demo/finetunejob.yaml trains a LoRA adapter for real, on the CPU,
    with its steps and loss shown as they come;
 5. the adapter revision is published and passes its evaluation gate;
-6. examples/demo/modeldeployment.yaml serves it (TGI stand-in), rolled out
-   behind a smoke test;
+6. examples/demo/modeldeployment.yaml serves it with vLLM (its real OpenAI
+   server, CPU build), rolled out behind a smoke test;
 7. held-out questions are asked with and without the adapter, side by side.
 
-With ``LORAFORGE_DEMO_EXISTING_CLUSTER=1`` and KUBECONFIG set, steps 3-7 run on
-that cluster instead (real GPUs, real TGI); the model store must be staged
-there first (docs/airgap.md). What the local run simulates: GPU capacity (the
-training and serving run on this CPU) and TGI (a TGI-compatible stand-in);
-everything else is real.
+``LORAFORGE_DEMO_RUNTIME=tgi`` serves with TGI instead of vLLM (on the local
+node, the TGI stand-in: TGI itself cannot run here). With
+``LORAFORGE_DEMO_EXISTING_CLUSTER=1`` and KUBECONFIG set, steps 3-7 run on that
+cluster instead (real GPUs, the real runtime's image); the model store must be
+staged there first (docs/airgap.md). What the local run simulates: GPU capacity
+(training and serving run on this CPU), and TGI when it is chosen; everything
+else is real.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ LOCAL_VALUES = REPO / "examples" / "demo" / "values-local.yaml"
 DATASET = REPO / "examples" / "datasets" / "fictional-facts"
 QUESTIONS = 4
 EXISTING = os.environ.get("LORAFORGE_DEMO_EXISTING_CLUSTER") == "1"
+RUNTIMES = ("vllm", "tgi")
+RUNTIME = os.environ.get("LORAFORGE_DEMO_RUNTIME", "vllm")
 
 
 class DemoError(RuntimeError):
@@ -204,10 +208,21 @@ def for_cluster(manifest: dict[str, Any], existing: bool) -> dict[str, Any]:
     return out
 
 
+def for_runtime(manifest: dict[str, Any], runtime: str) -> dict[str, Any]:
+    """The demo's ModelDeployment with the chosen serving runtime: vLLM as written, or TGI (its defaults)."""
+    if runtime not in RUNTIMES:
+        raise DemoError(f"LORAFORGE_DEMO_RUNTIME={runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if manifest.get("kind") != "ModelDeployment" or runtime == "vllm":
+        return manifest
+    out = json.loads(json.dumps(manifest))
+    out["spec"].pop("runtime", None)  # neither runtime set: TGI
+    return out
+
+
 def apply_example(c: Cluster, path: Path) -> None:
     import yaml
 
-    manifest = for_cluster(yaml.safe_load(path.read_text()), EXISTING)
+    manifest = for_runtime(for_cluster(yaml.safe_load(path.read_text()), EXISTING), RUNTIME)
     c.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(manifest))
 
 
@@ -266,7 +281,10 @@ def serve(c: Cluster, revision: str) -> None:
             say(f"deleting the ModelDeployment of an earlier run (its rollout {rollout['phase']})")
             c.kubectl("delete", "md", "facts", "-n", NAMESPACE, "--wait=true")
     apply_example(c, MODELDEPLOYMENT)
-    say(f"applied {MODELDEPLOYMENT.relative_to(REPO)}; a pod loads the model, then must pass its smoke test")
+    say(
+        f"applied {MODELDEPLOYMENT.relative_to(REPO)} (runtime: {RUNTIME}); a pod loads the model, then must "
+        "pass its smoke test"
+    )
     last = None
 
     def settled():
