@@ -19,6 +19,9 @@ from tests.kube import Kube, wait_for
 REPO = Path(__file__).resolve().parents[2]
 DATASET = REPO / "examples" / "datasets" / "fictional-facts"
 BASE_MODEL_PATH = "base/smollm2-135m-instruct"
+# vLLM's settings for SmolLM2 on two CPU cores: short sequences, small batches (KV cache and memory stay
+# small), bfloat16 as vLLM's CPU backend prefers.
+VLLM_ON_CPU = {"dtype": "bfloat16", "maxModelLen": 1024, "maxNumSeqs": 8}
 ON_LOCAL_NODE = {
     "nodeSelector": {"loraforge.io/local-node": "true"},
     "tolerations": [{"key": "loraforge.io/local-node", "operator": "Exists", "effect": "NoSchedule"}],
@@ -124,8 +127,8 @@ def wait_finished(kube: Kube, ns: str, name: str, timeout: float = 900) -> dict[
 
 
 class ReadyPodClient(threading.Thread):
-    """Sends generations with an adapter throughout, each to a Ready, non-terminating
-    pod (what a Service's endpoints would hold; loopback pod IPs cannot be endpoints
+    """Sends chat completions with an adapter (``model`` = its name: TGI and vLLM alike) throughout, each to
+    a Ready, non-terminating pod (what a Service's endpoints would hold; loopback pod IPs cannot be endpoints
     here), round robin, and records every failure."""
 
     def __init__(
@@ -164,11 +167,68 @@ class ReadyPodClient(threading.Thread):
             pod = pods[next(turn) % len(pods)]
             client = InferenceClient(base_url=f"http://{pod['status']['podIP']}:8080", timeout=60)
             try:
-                client.text_generation(
-                    self.prompt, adapter_id=self.adapter, max_new_tokens=self.max_new_tokens
+                client.chat_completion(
+                    [{"role": "user", "content": self.prompt}],
+                    model=self.adapter,
+                    max_tokens=self.max_new_tokens,
+                    temperature=0.0,
                 )
                 self.ok += 1
             except Exception as e:
                 self.errors.append(f"{pod['metadata']['name']}: {type(e).__name__}: {e}")
             # A steady trickle, not a flood: the same two cores train and serve meanwhile.
             self.stop.wait(self.pause)
+
+
+def _hpa_status(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    return kube.get("hpa", name, "-n", ns).get("status", {})
+
+
+def _ready_replicas(kube: Kube, ns: str, name: str) -> int:
+    return kube.get("deployment", name, "-n", ns).get("status", {}).get("readyReplicas", 0)
+
+
+def scale_up_under_load(kube: Kube, ns: str, name: str, client: ReadyPodClient) -> dict[str, Any]:
+    """Run ``client`` (its load) until the HPA of ModelDeployment ``name`` wants 2 replicas, both are Ready
+    (the new one smoke-tested) and requests keep being answered; stop it. Every request must have
+    succeeded. Returns the HPA's status when it asked for 2."""
+    client.start()
+    try:
+        status = wait_for(
+            lambda: (s := _hpa_status(kube, ns, name)).get("desiredReplicas") == 2 and s,
+            timeout=240,
+            what="the HPA to scale up under load",
+            interval=2,
+        )
+        wait_for(
+            lambda: _ready_replicas(kube, ns, name) == 2,
+            timeout=360,
+            what="the second serving pod to be Ready",
+            interval=2,
+        )
+        served_before = client.ok
+        wait_for(lambda: client.ok >= served_before + 5, timeout=120, what="requests to keep being answered")
+    finally:
+        client.stop.set()
+        client.join(120)
+    assert client.errors == [], client.errors[:5]
+    return status
+
+
+def scale_down_idle(kube: Kube, ns: str, name: str) -> None:
+    """Wait for the HPA of ``name`` to come down to one Ready replica without load."""
+    wait_for(
+        lambda: (
+            _hpa_status(kube, ns, name).get("desiredReplicas") == 1 and _ready_replicas(kube, ns, name) == 1
+        ),
+        timeout=300,
+        what="the HPA to scale down to one replica without load",
+        interval=2,
+    )
+
+
+def rescale_messages(kube: Kube, ns: str, name: str) -> list[str]:
+    """The HPA's SuccessfulRescale events ("New size: N; reason: ...")."""
+    on_hpa = f"involvedObject.kind=HorizontalPodAutoscaler,involvedObject.name={name}"
+    events = kube.get("events", "-n", ns, "--field-selector", on_hpa)["items"]
+    return [e["message"] for e in events if e["reason"] == "SuccessfulRescale"]

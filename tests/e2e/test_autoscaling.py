@@ -76,10 +76,6 @@ def _cpu_utilization(hpa: dict[str, Any]) -> int | None:
     return None
 
 
-def _ready(kube: Kube, ns: str) -> int:
-    return kube.get("deployment", NAME, "-n", ns).get("status", {}).get("readyReplicas", 0)
-
-
 def test_hpa_scales_the_serving_deployment_up_under_load_and_back_down(kube: Kube, ns: str) -> None:
     kube.apply(MODEL_DEPLOYMENT, namespace=ns)
     wait_for(
@@ -124,35 +120,12 @@ def test_hpa_scales_the_serving_deployment_up_under_load_and_back_down(kube: Kub
         pause=0,
         max_new_tokens=32,
     )
-    client.start()
-    try:
-        hpa = wait_for(
-            lambda: (h := _hpa(kube, ns)) and h["status"].get("desiredReplicas") == 2 and h,
-            timeout=180,
-            what="the HPA to scale up under load",
-            interval=2,
-        )
-        assert (_cpu_utilization(hpa) or 0) > 50, hpa["status"]
-        wait_for(
-            lambda: _ready(kube, ns) == 2, timeout=300, what="the second serving pod to be Ready", interval=2
-        )
-        served_before = client.ok
-        wait_for(lambda: client.ok >= served_before + 5, timeout=120, what="requests to keep being answered")
-    finally:
-        client.stop.set()
-        client.join(120)
-    assert client.errors == [], client.errors[:5]
+    status = workloads.scale_up_under_load(kube, ns, NAME, client)
+    assert (_cpu_utilization({"status": status}) or 0) > 50, status
     md = kube.get("modeldeployment", NAME, "-n", ns)
     assert md["status"]["readyReplicas"] == 2, md["status"]
 
     # No load: back to the minimum.
-    wait_for(
-        lambda: _hpa(kube, ns)["status"].get("desiredReplicas") == 1 and _ready(kube, ns) == 1,
-        timeout=300,
-        what="the HPA to scale back down without load",
-        interval=2,
-    )
-    on_hpa = f"involvedObject.kind=HorizontalPodAutoscaler,involvedObject.name={NAME}"
-    events = kube.get("events", "-n", ns, "--field-selector", on_hpa)
-    messages = [e["message"] for e in events["items"] if e["reason"] == "SuccessfulRescale"]
+    workloads.scale_down_idle(kube, ns, NAME)
+    messages = workloads.rescale_messages(kube, ns, NAME)
     assert any("New size: 2" in m for m in messages) and any("New size: 1" in m for m in messages), messages

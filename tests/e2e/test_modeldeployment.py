@@ -1,15 +1,28 @@
 """ModelDeployment end to end on the local control plane with the local node:
 real training (three FineTuneJobs publishing revisions v1, v2, v3 of one
-adapter), real serving (the TGI stand-in), the operator in between.
+adapter), real serving (vLLM's OpenAI server, its CPU build, from the serving
+environment `make serving-env` installs), the operator in between. The TGI
+path runs on the TGI stand-in in test_disruptions.py (a good rollout completes
+and a bad one rolls back, the operator killed meanwhile) and
+test_autoscaling.py (the HPA up and down).
 
-v1 is served; v2 rolls out with no failed request from a client that sends
-requests throughout (to Ready pods, as a Service would route them); v3 is
-deliberately broken (trained with a learning rate so small that it answers
-exactly like the base model, which its smoke test forbids) and is rolled back
-to v2 by itself, with the reason in status and events."""
+One vLLM-backed deployment is shared by the tests of this module, in order
+(each starts from where the one before left it; starting vLLM pods is what
+costs time here):
+
+- v1 is served; v2 rolls out with no failed request from a client that sends
+  requests throughout (to Ready pods, as a Service would route them), while
+  the operator is SIGKILLed mid-rollout and started again; v3 is deliberately
+  broken (trained with a learning rate so small that it answers exactly like
+  the base model, which its smoke test forbids) and is rolled back to v2 by
+  itself, with the reason in status and events;
+- then the same deployment is switched to an HPA on CPU, which scales it
+  down idle, up under a client's load and down again, every request
+  answered."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -87,10 +100,25 @@ MODEL_DEPLOYMENT = {
             }
         ],
         "replicas": 2,
-        "resources": {"gpus": 1, "cpu": "500m", "memory": "2Gi", **workloads.ON_LOCAL_NODE},
-        "rollout": {"maxSurge": 1, "progressDeadlineSeconds": 300},
+        "runtime": {"vllm": workloads.VLLM_ON_CPU},
+        "resources": {"gpus": 1, "cpu": "500m", "memory": "4Gi", **workloads.ON_LOCAL_NODE},
+        "rollout": {"maxSurge": 1, "progressDeadlineSeconds": 420},
     },
 }
+
+
+def _lora_modules(dep: dict[str, Any]) -> list[str]:
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    i = args.index("--lora-modules")
+    return list(itertools.takewhile(lambda a: not a.startswith("--"), args[i + 1 :]))
+
+
+def _pods(kube: Kube, ns: str) -> list[dict[str, Any]]:
+    return kube.get("pods", "-n", ns, "-l", "loraforge.io/modeldeployment=assistant")["items"]
+
+
+def _client(kube: Kube, ns: str, pause: float, max_new_tokens: int = 4) -> workloads.ReadyPodClient:
+    return workloads.ReadyPodClient(lambda: _pods(kube, ns), QUESTION, "facts", pause, max_new_tokens)
 
 
 def _rollouts(operator: OperatorProcess, result: str) -> float:
@@ -103,7 +131,9 @@ def _rollouts(operator: OperatorProcess, result: str) -> float:
     )
 
 
-def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_v3(
+# Three trainings and three vLLM rollouts on two shared cores.
+@pytest.mark.timeout(1500)
+def test_vllm_serves_v1_rolls_to_v2_through_an_operator_crash_without_a_failed_request_and_rolls_back_v3(
     kube: Kube, ns: str, operator: OperatorProcess
 ) -> None:
     v1 = workloads.train(kube, ns, workloads.finetunejob("facts-1", "facts"))
@@ -113,23 +143,39 @@ def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_
     md = _settled(kube, ns, "v1")
     assert md["status"]["readyReplicas"] == 2
     assert md["status"]["endpoint"] == f"http://assistant.{ns}.svc"
+    assert (md["status"]["runtime"], md["status"]["baseModelName"]) == ("vllm", workloads.BASE_MODEL_PATH)
     dep = kube.get("deployment", "assistant", "-n", ns)
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
-    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["LORA_ADAPTERS"] == f"facts=/models/{v1['status']['adapter']['path']}"
-    assert env["HF_HUB_OFFLINE"] == "1"
+    assert _lora_modules(dep) == [f"facts=/models/{v1['status']['adapter']['path']}"]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1" and env["VLLM_NO_USAGE_STATS"] == "1"
+    # The real vLLM server: it lists the adapter under its name beside the base model, and exports the
+    # queue gauge the HPA targets.
+    pod = _pods(kube, ns)[0]
+    ip = pod["status"]["podIP"]
+    with urllib.request.urlopen(f"http://{ip}:8080/v1/models", timeout=10) as r:
+        models = {m["id"]: m.get("parent") for m in json.load(r)["data"]}
+    assert models == {workloads.BASE_MODEL_PATH: None, "facts": workloads.BASE_MODEL_PATH}, models
+    with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=10) as r:
+        assert "vllm:num_requests_waiting" in r.read().decode()
 
-    # v2: a second FineTuneJob of the same adapter; a client sends requests throughout.
-    client = workloads.ReadyPodClient(
-        lambda: kube.get("pods", "-n", ns, "-l", "loraforge.io/modeldeployment=assistant")["items"],
-        QUESTION,
-        "facts",
-        pause=0.5,
-    )
+    # v2: a second FineTuneJob of the same adapter; a client sends requests throughout, and the operator
+    # is SIGKILLed once the rollout is recorded, then started again (a crash, an OOM kill, a node drain).
+    client = _client(kube, ns, pause=0.5)
     client.start()
     try:
         v2 = workloads.train(kube, ns, workloads.finetunejob("facts-2", "facts", maxSteps=5))
         assert v2["status"]["adapter"]["revision"] == "v2"
+        wait_for(
+            lambda: (_md(kube, ns)["status"].get("rollout") or {}).get("revisions") == {"facts": "v2"},
+            timeout=60,
+            what="the rollout to v2 to start",
+            interval=0.2,
+        )
+        operator.kill()
+        time.sleep(3)  # the new pod starts with no operator watching; its gate stays unset
+        operator.start()
         md = _settled(kube, ns, "v2")
     finally:
         client.stop.set()
@@ -138,6 +184,8 @@ def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_
     assert client.ok > 10, f"the client got only {client.ok} answers"
     assert client.errors == [], client.errors[:5]
     assert md["status"]["history"][0]["revisions"] == {"facts": "v2"}
+    # One record per rollout: the kill neither lost one nor started one twice.
+    assert [h["revisions"] for h in md["status"]["history"]] == [{"facts": "v2"}, {"facts": "v1"}]
     events = kube.get("events", "-n", ns, "--field-selector", "involvedObject.name=assistant")["items"]
     assert {"RolloutStarted", "RolloutComplete"} <= {e["reason"] for e in events}
 
@@ -153,8 +201,9 @@ def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_
     )
     assert tuned.returncode == 0 and base.returncode == 0, tuned.stderr + base.stderr
     assert tuned.stdout.strip() and tuned.stdout != base.stdout
+    # vLLM refuses an adapter it does not serve (TGI would answer with the base model).
     wrong = cli("--adapter", "nope", QUESTION)
-    assert wrong.returncode == 1 and "nope" in wrong.stderr
+    assert wrong.returncode == 1 and "nope" in wrong.stderr, wrong.stderr
 
     # v3 learned nothing (learning rate 1e-9): same answers as the base model, so its smoke test fails.
     v3 = workloads.train(
@@ -176,8 +225,7 @@ def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_
     assert _cond(md, "RolledBack")["status"] == "True"
     assert next(a for a in md["status"]["adapters"] if a["name"] == "facts")["rejected"] == ["v3"]
     dep = kube.get("deployment", "assistant", "-n", ns)
-    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["LORA_ADAPTERS"] == f"facts=/models/{v2['status']['adapter']['path']}"
+    assert _lora_modules(dep) == [f"facts=/models/{v2['status']['adapter']['path']}"]
     events = kube.get("events", "-n", ns, "--field-selector", "involvedObject.name=assistant")["items"]
     assert {"SmokeTestFailed", "RolledBack"} <= {e["reason"] for e in events}
     # The operator counts rollouts by how they ended (v2 completed, v3 rolled back).
@@ -185,3 +233,43 @@ def test_serves_v1_rolls_to_v2_without_a_failed_request_and_rolls_back_a_broken_
     # Rolled back for good: no further rollout to v3 while the spec stays as it is.
     time.sleep(15)
     assert _md(kube, ns)["status"]["rollout"]["phase"] == "RolledBack"
+
+
+# --- the same deployment under an HorizontalPodAutoscaler --------------------------------------------------
+
+
+@pytest.mark.timeout(1200)
+def test_the_hpa_scales_the_vllm_deployment_down_idle_up_under_load_and_down_again(
+    kube: Kube, ns: str, operator: OperatorProcess
+) -> None:
+    """Real parts only: metrics-server scrapes the local node, where vLLM's processes run; the HPA
+    controller resizes the Deployment the operator built; each pod it adds is smoke-tested first."""
+    assert _serving(_md(kube, ns)) == ["v2"], "runs on the deployment the test above left serving v2"
+    spec = {k: v for k, v in MODEL_DEPLOYMENT["spec"].items() if k != "replicas"}
+    spec["autoscaling"] = {
+        "minReplicas": 1,
+        "maxReplicas": 2,
+        "cpuUtilization": 50,
+        "behavior": {"scaleDownStabilizationSeconds": 0},  # the default keeps replicas for 5 minutes
+    }
+    kube.apply({**MODEL_DEPLOYMENT, "spec": spec}, namespace=ns)
+    hpa = wait_for(
+        lambda: (
+            (h := kube.get("hpa", "-n", ns)["items"])
+            and h[0]["spec"]["scaleTargetRef"]["name"] == "assistant"
+            and h[0]
+        ),
+        timeout=60,
+        what="the operator to create the HPA",
+    )
+    cpu_target = {"type": "Utilization", "averageUtilization": 50}
+    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {"name": "cpu", "target": cpu_target}}]
+
+    # Idle, the two replicas the fixed count left are one too many.
+    workloads.scale_down_idle(kube, ns, "assistant")
+    workloads.scale_up_under_load(kube, ns, "assistant", _client(kube, ns, pause=0, max_new_tokens=32))
+    md = _md(kube, ns)
+    assert md["status"]["readyReplicas"] == 2 and _serving(md) == ["v2"], md["status"]
+    workloads.scale_down_idle(kube, ns, "assistant")
+    messages = workloads.rescale_messages(kube, ns, "assistant")
+    assert any("New size: 2" in m for m in messages) and any("New size: 1" in m for m in messages), messages
