@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)/dev
 TIERS ?= lint unit trainer integration e2e
 
 .PHONY: help venv base-model serving-env cluster-binaries cluster cluster-down cluster-status test lint test-unit test-trainer \
-        test-integration test-e2e bench bench-operator bench-trainer bench-rollout crds operator-local demo clean \
+        test-integration test-e2e bench bench-operator bench-trainer bench-rollout bench-serving crds operator-local demo clean \
         images airgap-bundle
 
 help: ## list the targets
@@ -81,13 +81,16 @@ test-integration: venv ## tests against a real kube-apiserver
 test-e2e: venv serving-env ## tests on the full local control plane
 	$(PY) dev/testtiers.py e2e
 
-bench: bench-operator bench-trainer bench-rollout ## all benchmarks (ratios against baselines measured in the same run; ~30 minutes)
+bench: bench-operator bench-trainer bench-rollout bench-serving ## all benchmarks (ratios against baselines measured in the same run; ~45 minutes)
 
 bench-operator: venv cluster-binaries ## operator benchmark (ratios against a plain-client floor; ~12 minutes)
 	$(PY) bench/finetunejob_bench.py
 
-bench-rollout: venv base-model serving-env cluster-binaries ## ModelDeployment rollout of 4 replicas: Ready never below desired, no failed request (~8 minutes)
-	$(PY) bench/modeldeployment_bench.py
+bench-rollout: venv base-model serving-env cluster-binaries ## rollout of 4 replicas, vLLM then TGI: Ready never below desired, no failed request (~20 minutes)
+	$(PY) bench/modeldeployment_bench.py --runtime all
+
+bench-serving: venv base-model serving-env cluster-binaries ## vLLM against the TGI stand-in: tokens/s and latency at concurrency 1 and 16 (~8 minutes)
+	$(PY) bench/serving_bench.py
 
 bench-trainer: venv ## trainer throughput and memory against a plain Trainer + peft script (~6 minutes)
 	$(PY) bench/trainer_bench.py
