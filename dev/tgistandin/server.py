@@ -481,6 +481,9 @@ class Server(ThreadingHTTPServer):
     # On SIGTERM, requests being answered finish before the process exits (as TGI drains).
     daemon_threads = False
     block_on_close = True
+    # socketserver's listen backlog is 5: sixteen clients connecting at once overflowed it and one got a
+    # connection reset (seen in bench/serving_bench.py at concurrency 16). TGI's router takes them all.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], engine: Engine, args: argparse.Namespace) -> None:
         super().__init__(address, Handler)
