@@ -84,6 +84,13 @@ class ImageProfile:
         return [*out, *(a.format(pod_ip=pod_ip) for a in self.append_args)]
 
 
+def host_paths() -> list[str]:
+    """The host folders the table's commands run from (this checkout, its virtualenv, vLLM's serving
+    environment): they must stay visible in a container even where one of its volumes covers them."""
+    paths = {str(DEV_DIR.parent), str(VENV_BIN.parent), str(servingenv.env_dir())}
+    return sorted(paths)
+
+
 def _python_env() -> dict[str, str]:
     return {"PATH": f"{VENV_BIN}:{SYSTEM_PATH}", "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8"}
 

@@ -142,6 +142,7 @@ class Container:
                     "agentPid": os.getpid(),
                     "rootDir": str(self.dir / "rootfs"),
                     "mounts": mounts,
+                    "keepVisible": images.host_paths(),
                     "argv": argv,
                     "env": env,
                     "workingDir": self.spec.get("workingDir") or "/",

@@ -12,6 +12,9 @@ container's command. What it sets up (needs root, which the agent checks):
   ``/etc/loraforge``) "shadows" that directory first: it becomes a tmpfs whose
   entries are binds of the host directory's entries, so the new mount point is
   made on the tmpfs, never in the host's ``/etc``;
+- the host folders the image's command runs from (this checkout, its virtualenv, the serving
+  environment: ``keepVisible``) bound again where a volume hides them, e.g. a checkout under ``/tmp``
+  where the pod mounts an emptyDir;
 - ``chroot`` into it, the working directory, the environment, then ``exec``.
 
 Run as root it uses a mount namespace only; run as another user, a user
@@ -188,6 +191,23 @@ class RootFS:
                 _mount(None, str(inside), None, MS_REMOUNT | MS_BIND | MS_RDONLY | _locked_flags(source))
 
 
+def hidden_by(path: str, targets: list[str]) -> bool:
+    """Whether a volume mounted at one of ``targets`` hides host ``path`` (strictly below it): a checkout
+    under /tmp, where pods mount an emptyDir."""
+    return any(path.startswith(t.rstrip("/") + "/") for t in targets if t.rstrip("/"))
+
+
+def _expose(rootfs: RootFS, path: str) -> None:
+    """Bind host ``path`` again at its own path, inside the volume that hid it (made there: an emptyDir is
+    the pod's own), so the image's command from this checkout runs. A read-only volume leaves it hidden."""
+    inside = rootfs.root / path.lstrip("/")
+    try:
+        inside.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    _mount(path, str(inside), None, MS_BIND | MS_REC)
+
+
 def _prepare(spec: dict) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
     if spec.get("agentPid") and os.getppid() != spec["agentPid"]:  # the agent died before the line above
@@ -206,6 +226,10 @@ def _prepare(spec: dict) -> None:
     rootfs.build()
     for m in spec["mounts"]:
         rootfs.bind(m["source"], m["target"], m.get("readOnly", False))
+    targets = [m["target"] for m in spec["mounts"]]
+    for path in spec.get("keepVisible") or []:
+        if os.path.isdir(path) and hidden_by(path, targets):
+            _expose(rootfs, path)
     os.chroot(str(rootfs.root))
 
 

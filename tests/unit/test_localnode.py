@@ -299,3 +299,19 @@ def test_resource_metrics_report_a_busy_sessions_cpu_in_the_kubelets_format() ->
     assert ("container_cpu_usage_seconds_total", "pod-1") not in samples  # exited: not reported
     assert samples[("node_cpu_usage_seconds_total", None)].value > cpu.value
     assert samples[("node_memory_working_set_bytes", None)].value > 0
+
+
+def test_a_checkout_under_a_pods_volume_stays_visible_to_the_image_commands() -> None:
+    """A checkout under /tmp, where serving and operator pods mount an emptyDir: the folders the table's
+    commands run from are bound again inside it (the sandbox's keepVisible)."""
+    from localnode import sandbox
+
+    assert sandbox.hidden_by("/tmp/lf-fresh", ["/models", "/tmp", "/dev/shm"])  # noqa: S108
+    assert sandbox.hidden_by("/tmp/lf-fresh/.venv", ["/tmp/"])  # noqa: S108
+    assert not sandbox.hidden_by("/tmp", ["/tmp"])  # noqa: S108 - the volume itself is what the pod asked for
+    assert not sandbox.hidden_by("/tmpfoo/x", ["/tmp"])  # noqa: S108
+    assert not sandbox.hidden_by("/srv/loraforge", ["/", "/models"])  # / is no volume mount here
+    paths = images.host_paths()
+    repo = str(images.DEV_DIR.parent)
+    assert repo in paths and str(servingenv.env_dir()) in paths
+    assert str(images.VENV_BIN.parent) in paths
