@@ -75,6 +75,14 @@ class Incompatible:
     message: str
 
 
+def _model(spec: ModelDeploymentSpec, flag: str) -> list[str]:
+    """The base model on the command line: a store folder, or a hub id with its revision (from the cache)."""
+    b = spec.base_model
+    if b.path is not None:
+        return [flag, store_path(b.path)]
+    return [flag, str(b.hugging_face_id), "--revision", b.revision]
+
+
 def _resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
     r = spec.resources
     requests: dict[str, str] = {"cpu": r.cpu, "memory": r.memory}
@@ -145,14 +153,8 @@ class TGI:
         self, spec: ModelDeploymentSpec, settings: Settings, revisions: dict[str, ServingRevision]
     ) -> dict[str, Any]:
         tgi = spec.runtime.tgi_settings
-        b = spec.base_model
-        model = (
-            ["--model-id", store_path(b.path)]
-            if b.path is not None
-            else ["--model-id", str(b.hugging_face_id), "--revision", b.revision]
-        )
         args = [
-            *model,
+            *_model(spec, "--model-id"),
             "--port",
             str(PORT),
             "--max-input-tokens",
@@ -209,14 +211,8 @@ class VLLM:
     ) -> dict[str, Any]:
         v = spec.runtime.vllm
         assert v is not None
-        b = spec.base_model
-        model = (
-            ["--model", store_path(b.path)]
-            if b.path is not None
-            else ["--model", str(b.hugging_face_id), "--revision", b.revision]
-        )
         args = [
-            *model,
+            *_model(spec, "--model"),
             "--served-model-name",
             self.base_model_name(spec),
             "--port",
