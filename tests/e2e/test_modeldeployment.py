@@ -10,12 +10,13 @@ One vLLM-backed deployment is shared by the tests of this module, in order
 (each starts from where the one before left it; starting vLLM pods is what
 costs time here):
 
-- v1 is served; v2 rolls out with no failed request from a client that sends
-  requests throughout (to Ready pods, as a Service would route them), while
-  the operator is SIGKILLed mid-rollout and started again; v3 is deliberately
-  broken (trained with a learning rate so small that it answers exactly like
-  the base model, which its smoke test forbids) and is rolled back to v2 by
-  itself, with the reason in status and events;
+- v1 is served (pinned while v2 trains); v2 rolls out when the pin goes, with
+  no failed request from a client that sends requests throughout (to Ready
+  pods, as a Service would route them), while the operator is SIGKILLed
+  mid-rollout and started again; v3, published next, rolls out by itself and,
+  being deliberately broken (trained with a learning rate so small that it
+  answers exactly like the base model, which its smoke test forbids), is rolled
+  back to v2 by itself, with the reason in status and events;
 - then the same deployment is switched to an HPA on CPU, which scales it
   down idle, up under a client's load and down again, every request
   answered."""
@@ -113,6 +114,12 @@ def _lora_modules(dep: dict[str, Any]) -> list[str]:
     return list(itertools.takewhile(lambda a: not a.startswith("--"), args[i + 1 :]))
 
 
+def _pinned(revision: str) -> dict[str, Any]:
+    out = json.loads(json.dumps(MODEL_DEPLOYMENT))
+    out["spec"]["adapters"][0]["from"]["revision"] = revision
+    return out
+
+
 def _pods(kube: Kube, ns: str) -> list[dict[str, Any]]:
     return kube.get("pods", "-n", ns, "-l", "loraforge.io/modeldeployment=assistant")["items"]
 
@@ -139,7 +146,9 @@ def test_vllm_serves_v1_rolls_to_v2_through_an_operator_crash_without_a_failed_r
     v1 = workloads.train(kube, ns, workloads.finetunejob("facts-1", "facts"))
     assert v1["status"]["adapter"]["revision"] == "v1", v1["status"]
 
-    kube.apply(MODEL_DEPLOYMENT, namespace=ns)
+    # Pinned to v1 while v2 trains: serving and training share two cores, and the rollout to v2 is what the
+    # client below must see. Unpinning is one edit (and follows the newest promoted revision, v2).
+    kube.apply(_pinned("v1"), namespace=ns)
     md = _settled(kube, ns, "v1")
     assert md["status"]["readyReplicas"] == 2
     assert md["status"]["endpoint"] == f"http://assistant.{ns}.svc"
@@ -160,13 +169,16 @@ def test_vllm_serves_v1_rolls_to_v2_through_an_operator_crash_without_a_failed_r
     with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=10) as r:
         assert "vllm:num_requests_waiting" in r.read().decode()
 
-    # v2: a second FineTuneJob of the same adapter; a client sends requests throughout, and the operator
-    # is SIGKILLed once the rollout is recorded, then started again (a crash, an OOM kill, a node drain).
+    # v2: a second FineTuneJob of the same adapter, served once the pin is gone; a client sends requests
+    # throughout the rollout, and the operator is SIGKILLed once the rollout is recorded, then started again
+    # (a crash, an OOM kill, a node drain).
+    v2 = workloads.train(kube, ns, workloads.finetunejob("facts-2", "facts", maxSteps=5))
+    assert v2["status"]["adapter"]["revision"] == "v2"
+    assert _serving(_md(kube, ns)) == ["v1"], "a pinned revision is kept"
     client = _client(kube, ns, pause=0.5)
     client.start()
     try:
-        v2 = workloads.train(kube, ns, workloads.finetunejob("facts-2", "facts", maxSteps=5))
-        assert v2["status"]["adapter"]["revision"] == "v2"
+        kube.apply(MODEL_DEPLOYMENT, namespace=ns)
         wait_for(
             lambda: (_md(kube, ns)["status"].get("rollout") or {}).get("revisions") == {"facts": "v2"},
             timeout=60,
