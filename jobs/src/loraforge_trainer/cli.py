@@ -35,7 +35,14 @@ class LogReporter:
     def progress(self, step: int, **fields: Any) -> bool:
         return True
 
-    def result(self, adapter: dict[str, str], metrics: dict[str, float], evaluation_passed: bool) -> None:
+    def result(
+        self,
+        adapter: dict[str, str],
+        metrics: dict[str, float],
+        evaluation_passed: bool,
+        suites: list[dict[str, Any]] = (),
+        explanation: str = "",
+    ) -> None:
         log.info(
             "result: %s revision %s at %s, evaluation %s",
             adapter["name"],

@@ -24,7 +24,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from .errors import BASE_MODEL_INVALID, CONFIG_INVALID, DATASET_INVALID, InvalidInput
+from . import scoring
+from .errors import BASE_MODEL_INVALID, CONFIG_INVALID, DATASET_INVALID, SUITE_INVALID, InvalidInput
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 class _Model(BaseModel):
@@ -108,17 +111,70 @@ class Checkpoints(_Model):
     keep: Annotated[int, Field(ge=1)] = 2
 
 
+class Scorer(_Model):
+    type: Literal["contains", "exact", "regex", "tokenF1"] = "contains"
+    pattern: str | None = None
+    min_f1: Annotated[float, Field(gt=0.0, le=1.0)] = scoring.DEFAULT_MIN_F1
+
+    @model_validator(mode="after")
+    def _pattern(self) -> Scorer:
+        if self.pattern is not None:
+            if self.type != "regex":
+                raise ValueError("scorer.pattern applies only to scorer type regex")
+            bad = scoring.pattern_problem(self.pattern)
+            if bad:
+                raise ValueError(f"scorer.pattern is {bad}")
+        return self
+
+
+class Suite(_Model):
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+    held_out: bool = False
+    path: str | None = None
+    config_map: ConfigMapKey | None = None
+    scorer: Scorer = Field(default_factory=Scorer)
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    min_gain: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 64
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Suite:
+        if self.held_out + (self.path is not None) + (self.config_map is not None) != 1:
+            raise ValueError("set exactly one of heldOut: true, path or configMap")
+        return self
+
+
 class EvaluationGate(_Model):
     max_eval_loss: Annotated[float, Field(gt=0.0)] | None = None
     min_improvement: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    suites: Annotated[list[Suite], Field(max_length=16)] = Field(default_factory=list)
+    generation_batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
+
+    @model_validator(mode="after")
+    def _unique(self) -> EvaluationGate:
+        names = [s.name for s in self.suites]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise ValueError(f"evaluation.suites: two suites are named {dup}")
+        return self
 
     @property
     def is_set(self) -> bool:
+        """A loss threshold is set (the held-out loss is then needed)."""
         return self.max_eval_loss is not None or self.min_improvement is not None
 
 
+class ModelCard(_Model):
+    intended_use: str | None = None
+    out_of_scope: str | None = None
+    limitations: str | None = None
+    ethical_considerations: str | None = None
+    training_data: str | None = None
+
+
 class Adapter(_Model):
-    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)] | None = None
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] | None = None
+    model_card: ModelCard = Field(default_factory=ModelCard)
 
 
 class Run(_Model):
@@ -127,6 +183,7 @@ class Run(_Model):
 
     model_store: str = "."
     dataset_dir: str | None = None  # where a ConfigMap dataset is mounted
+    suites_dir: str | None = None  # where ConfigMap suites are mounted, one folder per suite
     checkpoint_dir: str | None = None
     adapter_dir: str | None = None
     namespace: str | None = None
@@ -180,6 +237,18 @@ class TrainConfig(_Model):
             )
         if self.dataset.config_map is not None and self.dataset.validation_path is not None:
             raise ValueError("dataset.validationPath needs dataset.path (the model store)")
+        held_out = [s.name for s in self.evaluation.suites if s.held_out]
+        if held_out and self.dataset.format == "text":
+            raise ValueError(
+                f"evaluation suite {held_out[0]}: heldOut needs questions with answers; "
+                "dataset.format text has none"
+            )
+        if held_out and self.dataset.validation_path is None and self.dataset.validation_split == 0:
+            raise ValueError(
+                f"evaluation suite {held_out[0]}: heldOut needs held-out records: "
+                "set dataset.validationSplit > 0 "
+                "or dataset.validationPath"
+            )
         return self
 
     # --- where things are -------------------------------------------------------
@@ -206,6 +275,18 @@ class TrainConfig(_Model):
 
     def validation_file(self) -> Path | None:
         return self.store_path(self.dataset.validation_path) if self.dataset.validation_path else None
+
+    def suite_file(self, suite: Suite) -> Path:
+        if suite.config_map is not None:
+            return Path(self.run.suites_dir or ".") / suite.name / suite.config_map.key
+        assert suite.path is not None
+        return self.store_path(suite.path)
+
+    def suite_display(self, suite: Suite) -> str:
+        if suite.config_map is not None:
+            return f"configmap/{suite.config_map.name}[{suite.config_map.key}]"
+        assert suite.path is not None
+        return suite.path
 
     def checkpoint_dir(self) -> Path:
         return Path(self.run.checkpoint_dir or self.store_path(f"checkpoints/{self.adapter_name}"))
@@ -311,3 +392,9 @@ def check_inputs_exist(cfg: TrainConfig) -> None:
     ):
         if file is not None and not file.is_file():
             raise InvalidInput(DATASET_INVALID, f"{field} {shown}: no such file")
+    for i, suite in enumerate(cfg.evaluation.suites):
+        if not suite.held_out and not cfg.suite_file(suite).is_file():
+            raise InvalidInput(
+                SUITE_INVALID,
+                f"evaluation.suites[{i}] ({suite.name}): {cfg.suite_display(suite)}: no such file",
+            )

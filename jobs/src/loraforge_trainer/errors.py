@@ -14,6 +14,7 @@ EXIT_FAILED = 1
 
 CONFIG_INVALID = "ConfigInvalid"
 DATASET_INVALID = "DatasetInvalid"
+SUITE_INVALID = "EvaluationSuiteInvalid"
 BASE_MODEL_INVALID = "BaseModelInvalid"
 TARGET_MODULES_NOT_FOUND = "TargetModulesNotFound"
 PUBLISH_FAILED = "PublishFailed"

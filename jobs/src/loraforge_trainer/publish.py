@@ -284,6 +284,13 @@ def model_card(revision: str, m: dict[str, Any]) -> str:
         if src.get("fineTuneJob") and src.get("namespace")
         else "the `loraforge-train` command line"
     )
+    written = (spec.get("adapter") or {}).get("modelCard") or {}
+    inherited = (
+        f"Fine-tuned on {ds.get('trainRecords')} records; it inherits the base model's limitations and "
+        "biases and adds\nthose of its data. A small held-out split measures fit to that data, not general "
+        "quality or safety. Review\nanswers before relying on them."
+    )
+    data_file = f"- File: `{ds.get('path')}` (format `{ds.get('format')}`), digest `{ds.get('digest')}`"
     arch = base.get("architecture", "unknown architecture")
     batch = f"{t.get('batchSize')} x {t.get('gradientAccumulationSteps')} x {m.get('worldSize', 1)}"
     return f"""# {m["adapter"]} {revision}
@@ -294,16 +301,16 @@ trained by loraforge from {origin}.
 - Weights: `adapter_model.safetensors` ({m["digest"]}), with `adapter_config.json`.
 - Load with peft: `PeftModel.from_pretrained(base_model, "<this folder>")`.
 - Serve with text-generation-inference: `LORA_ADAPTERS={m["adapter"]}=<this folder>`, then
-  `parameters.adapter_id: "{m["adapter"]}"` in requests.
+  `parameters.adapter_id: "{m["adapter"]}"` in requests; with vLLM: `--enable-lora --lora-modules
+  {m["adapter"]}=<this folder>`, then `"model": "{m["adapter"]}"`.
 
 ## Intended use
 
-Answering in the style and with the knowledge of the training data below, on top of the same base model. It
-was not evaluated for anything else; treat answers outside that domain like the base model's.
-
+{written.get("intendedUse") or _UNWRITTEN_USE}
+{_section("Out of scope", written.get("outOfScope"))}
 ## Training data
 
-- File: `{ds.get("path")}` (format `{ds.get("format")}`), digest `{ds.get("digest")}`
+{_paragraph(written.get("trainingData"))}{data_file}
 - Records: {ds.get("trainRecords")} for training, {ds.get("validationRecords")} held out
   ({ds.get("validationSource")}); {ds.get("skippedRecords", 0)} invalid records skipped,
   {ds.get("truncatedAway", 0)} dropped as too long.
@@ -329,14 +336,79 @@ On the held-out records (loss per trained token; perplexity = exp(loss)):
 | metric | value |
 | --- | --- |
 {rows}
-
+{_answers(gate.get("suites") or [])}
 {verdict}
 
 ![loss curve](loss.svg)
 
 ## Limitations
 
-Fine-tuned on {ds.get("trainRecords")} records; it inherits the base model's limitations and biases and adds
-those of its data. A small held-out split measures fit to that data, not general quality or safety. Review
-answers before relying on them.
+{_paragraph(written.get("limitations"))}{inherited}
+
+## Ethical considerations
+
+{written.get("ethicalConsiderations") or _UNWRITTEN_ETHICS}
 """
+
+
+_UNWRITTEN_USE = (
+    "Answering in the style and with the knowledge of the training data below, on top of the same base "
+    "model. "
+    "It was not evaluated for anything else; treat answers outside that domain like the base model's. "
+    "(The FineTuneJob's `adapter.modelCard.intendedUse` says more, when its author writes it.)"
+)
+_UNWRITTEN_ETHICS = (
+    "Not written by the FineTuneJob's author (`adapter.modelCard.ethicalConsiderations`). Before serving, "
+    "consider the privacy of the people in the training data, the harm a wrong answer can do, and who "
+    "reviews "
+    "the answers."
+)
+
+
+def _paragraph(text: str | None) -> str:
+    return f"{text.strip()}\n\n" if text and text.strip() else ""
+
+
+def _section(title: str, text: str | None) -> str:
+    return f"\n## {title}\n\n{text.strip()}\n" if text and text.strip() else ""
+
+
+def _cell(text: str, limit: int = 120) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _answers(suites: list[dict[str, Any]]) -> str:
+    """The evaluation by answers: accuracy per suite, base against adapter, with right and wrong examples."""
+    if not suites:
+        return ""
+    out = [
+        "",
+        "Answers, greedy, base model against adapter (every answer: `answers-<suite>.jsonl` in this folder):",
+        "",
+        "| suite | scorer | questions | base model | adapter | gate |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for x in suites:
+        n = x["records"]
+        out.append(
+            f"| {x['name']} | {x['scorer']} | {n} | {x['baseCorrect']}/{n} ({x['baseAccuracy']:.0%}) | "
+            f"{x['correct']}/{n} ({x['accuracy']:.0%}) | {'passed' if x['passed'] else 'FAILED'} |"
+        )
+    for x in suites:
+        for kind in ("right", "wrong"):
+            examples = (x.get("examples") or {}).get(kind) or []
+            if not examples:
+                continue
+            out += [
+                "",
+                f"Suite {x['name']}, answered {kind}:",
+                "",
+                "| question | expected | adapter | base model |",
+            ]
+            out.append("| --- | --- | --- | --- |")
+            out += [
+                "| " + " | ".join(_cell(e[k]) for k in ("question", "expected", "adapter", "base")) + " |"
+                for e in examples
+            ]
+    return "\n".join(out) + "\n"

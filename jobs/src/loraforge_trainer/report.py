@@ -106,12 +106,21 @@ class ProgressReporter:
             return False
         return True
 
-    def result(self, adapter: dict[str, str], metrics: dict[str, float], evaluation_passed: bool) -> None:
+    def result(
+        self,
+        adapter: dict[str, str],
+        metrics: dict[str, float],
+        evaluation_passed: bool,
+        suites: list[dict[str, Any]] = (),
+        explanation: str = "",
+    ) -> None:
         """The published adapter revision. Raises ReportError if it cannot be stored."""
-        self._patch(
-            {RESULT_KEY: {"adapter": adapter, "metrics": metrics, "evaluationPassed": evaluation_passed}},
-            attempts=self.attempts,
-        )
+        doc: dict[str, Any] = {"adapter": adapter, "metrics": metrics, "evaluationPassed": evaluation_passed}
+        if suites:
+            doc["suites"] = list(suites)
+        if explanation:
+            doc["explanation"] = explanation
+        self._patch({RESULT_KEY: doc}, attempts=self.attempts)
 
     def failure(self, reason: str, message: str) -> None:
         """Why training failed (CamelCase reason). Also written to the

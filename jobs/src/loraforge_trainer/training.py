@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import __version__, data, modeling, publish
+from . import __version__, answers, data, modeling, publish
 from .config import TrainConfig, check_inputs_exist
 from .errors import CONFIG_INVALID, InvalidInput
 
@@ -38,7 +38,14 @@ CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimize
 
 class Reporter(Protocol):
     def progress(self, step: int, **fields: Any) -> bool: ...
-    def result(self, adapter: dict[str, str], metrics: dict[str, float], evaluation_passed: bool) -> None: ...
+    def result(
+        self,
+        adapter: dict[str, str],
+        metrics: dict[str, float],
+        evaluation_passed: bool,
+        suites: list[dict[str, Any]] = (),
+        explanation: str = "",
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -217,13 +224,21 @@ def improvement(base_loss: float, eval_loss: float) -> float:
     return (base_loss - eval_loss) / base_loss if base_loss > 0 else 0.0
 
 
-def gate(cfg: TrainConfig, eval_loss: float | None, base_loss: float | None) -> tuple[bool, str]:
+def gate(
+    cfg: TrainConfig,
+    eval_loss: float | None,
+    base_loss: float | None,
+    suites: list[answers.SuiteResult] = (),
+) -> tuple[bool, str]:
     g = cfg.evaluation
-    if not g.is_set:
+    thresholds = any(s.min_accuracy is not None or s.min_gain is not None for s in g.suites)
+    if not g.is_set and not thresholds:
         return True, "no gate set; metrics recorded only"
+    why = [w for r in suites for w in r.gate()]
+    if not g.is_set:
+        return (not why), ("; ".join(why) or "every condition of the gate holds")
     if eval_loss is None or base_loss is None:
-        return False, "no held-out records to evaluate"
-    why = []
+        return False, "; ".join(["no held-out records to evaluate", *why])
     if g.max_eval_loss is not None and eval_loss > g.max_eval_loss:
         why.append(f"evalLoss {eval_loss:.4f} > maxEvalLoss {g.max_eval_loss}")
     if g.min_improvement is not None:
@@ -375,6 +390,7 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
         train_records, val_records = data.split(train_read.records, d.validation_split, cfg.training.seed)
         source, val_digest = f"{d.validation_split:.0%} of the records, seed {cfg.training.seed}", None
     encoder = data.Encoder(tokenizer, d.format, cfg.training.max_seq_length)
+    suites = answers.questions(cfg, encoder, val_records)  # a bad suite fails here, before training
     train_ex, dropped = encoder.encode_all(train_records, "training")
     val_ex, val_dropped = encoder.encode_all(val_records, "validation")
     for where in skipped[:20]:
@@ -401,6 +417,7 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
     return {
         "rows": rows,
         "eval_rows": data.unpacked(val_ex),
+        "suites": suites,
         "summary": {
             "path": cfg.dataset_display(),
             "format": d.format,
@@ -529,9 +546,17 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
     state = trainer.state
     peft_model = trainer.model
     eval_loss = evaluate(peft_model, eval_rows, t.batch_size, tokenizer.pad_token_id, dist)
+    suites = answers.evaluate(
+        peft_model, tokenizer, prepared["suites"], cfg.evaluation.generation_batch_size, dist
+    )
     if tb is not None:
         if eval_loss is not None:
             tb.add_scalar("eval/loss", eval_loss, state.global_step)
+        for r in suites:
+            tb.add_scalar(f"eval/accuracy/{r.suite.name}", r.accuracy, state.global_step)
+            tb.add_scalar(f"eval/base_accuracy/{r.suite.name}", r.base_accuracy, state.global_step)
+        if suites:
+            tb.add_text("eval/answers", answers.table(suites), state.global_step)
         tb.close()
 
     metrics: dict[str, float] = {"trainLoss": float(output.training_loss)}
@@ -545,11 +570,13 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
             basePerplexity=math.exp(min(base_loss, 50)),
             improvement=improvement(base_loss, eval_loss),
         )
-    passed, explanation = gate(cfg, eval_loss, base_loss)
+    passed, explanation = gate(cfg, eval_loss, base_loss, suites)
     if not dist.main:
         _barrier()
         return publish.Published(cfg.adapter_name, "", adapter_dir, "", {})
 
+    if suites:
+        log.info("answers, base model against adapter:\n%s", answers.table(suites))
     log.info(
         "evaluation: %s; gate %s: %s",
         ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
@@ -566,6 +593,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
             "gate": cfg.evaluation.model_dump(by_alias=True, exclude_none=True),
             "passed": passed,
             "explanation": explanation,
+            "suites": [r.summary() for r in suites],
         },
         "steps": state.global_step,
         "epochs": round(state.epoch or 0.0, 4),
@@ -599,6 +627,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
         return {
             "README.md": publish.model_card(revision, m),
             "loss.svg": publish.loss_svg(train_curve, eval_curve, title),
+            **{f"answers-{r.suite.name}.jsonl": answers.answers_file(r) for r in suites},
         }
 
     published = publish.publish(adapter_dir, cfg.adapter_name, peft_model.save_pretrained, manifest, card)
@@ -627,8 +656,24 @@ def _report(cfg: TrainConfig, reporter: Reporter, p: publish.Published) -> None:
         path = str(p.path.relative_to(Path(cfg.run.model_store)))
     except ValueError:
         path = str(p.path)
+    evaluation = p.manifest.get("evaluation") or {}
     reporter.result(
         {"name": p.name, "revision": p.revision, "path": path, "digest": p.digest},
         dict(p.manifest.get("metrics") or {}),
-        bool((p.manifest.get("evaluation") or {}).get("passed")),
+        bool(evaluation.get("passed")),
+        [{k: v for k, v in s.items() if k in RESULT_SUITE_KEYS} for s in evaluation.get("suites") or []],
+        str(evaluation.get("explanation") or ""),
     )
+
+
+# What the result (and so FineTuneJob status) carries of each suite; the answers stay in the revision.
+RESULT_SUITE_KEYS = (
+    "name",
+    "scorer",
+    "records",
+    "correct",
+    "baseCorrect",
+    "accuracy",
+    "baseAccuracy",
+    "passed",
+)
