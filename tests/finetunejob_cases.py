@@ -188,3 +188,64 @@ INVALID += [
         "a toleration with operator Exists takes no value",
     ),
 ]
+
+# Evaluation suites: admitted only when the trainer can ask them (docs/finetunejob.md, "Evaluation").
+HELD_OUT = {"name": "held-out", "heldOut": True}
+INVALID += [
+    Invalid(
+        "suite with two sources",
+        {"evaluation": {"suites": [{**HELD_OUT, "path": "datasets/qa.jsonl"}]}},
+        "spec.evaluation.suites[0]",
+        "set exactly one of heldOut: true, path or configMap",
+    ),
+    Invalid(
+        "suite with no source",
+        {"evaluation": {"suites": [{"name": "qa"}]}},
+        "spec.evaluation.suites[0]",
+        "set exactly one of heldOut: true, path or configMap",
+    ),
+    Invalid(
+        "two suites of one name",
+        {"evaluation": {"suites": [HELD_OUT, {"name": "held-out", "path": "datasets/qa.jsonl"}]}},
+        "spec.evaluation.suites",
+        "each suite needs a name of its own",
+    ),
+    Invalid(
+        "suite name that is not a DNS label",
+        {"evaluation": {"suites": [{**HELD_OUT, "name": "Held Out"}]}},
+        "spec.evaluation.suites[0].name",
+    ),
+    Invalid(
+        "a pattern for a scorer that is not regex",
+        {"evaluation": {"suites": [{**HELD_OUT, "scorer": {"type": "contains", "pattern": "x"}}]}},
+        "spec.evaluation.suites[0].scorer.pattern",
+        "scorer.pattern applies only to scorer type regex",
+    ),
+    Invalid(
+        "an unknown scorer",
+        {"evaluation": {"suites": [{**HELD_OUT, "scorer": {"type": "fuzzy"}}]}},
+        "spec.evaluation.suites[0].scorer.type",
+    ),
+    Invalid(
+        "minimum accuracy above one",
+        {"evaluation": {"suites": [{**HELD_OUT, "minAccuracy": 1.5}]}},
+        "spec.evaluation.suites[0].minAccuracy",
+    ),
+    Invalid(
+        "held-out questions of a text dataset",
+        {"dataset": {"format": "text"}, "evaluation": {"suites": [HELD_OUT]}},
+        "spec.evaluation.suites",
+        "dataset.format text has none",
+    ),
+    Invalid(
+        "held-out questions without held-out records",
+        {"dataset": {"validationPath": None, "validationSplit": 0.0}, "evaluation": {"suites": [HELD_OUT]}},
+        "spec.evaluation.suites",
+        "needs held-out records",
+    ),
+    Invalid(
+        "a model card section over 8192 characters",
+        {"adapter": {"modelCard": {"limitations": "x" * 8193}}},
+        "spec.adapter.modelCard.limitations",
+    ),
+]

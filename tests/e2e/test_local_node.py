@@ -118,15 +118,36 @@ def trained(
     """A FineTuneJob trained on the local node; its namespace, store and result."""
     ns = _namespace(kube)
     store = workloads.model_store(kube, ns, base_model_dir, tmp_path_factory.mktemp("model-store"))
-    # A short run that still moves the adapter well away from the base model.
-    ftj = workloads.train(kube, ns, workloads.finetunejob("facts", "facts"))
+    # A short run that still moves the adapter well away from the base model. It answers two suites: the
+    # held-out questions, and a ConfigMap's (mounted into the training pod).
+    questions = [{"prompt": "I have crushing chest pain.", "expected": "(?i)emergency"}, {"prompt": "Hello"}]
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "facts-suite"},
+            "data": {"suite.jsonl": "".join(json.dumps(q) + "\n" for q in questions)},
+        },
+        namespace=ns,
+    )
+    suites = [
+        {"name": "held-out", "heldOut": True, "maxNewTokens": 8},
+        {
+            "name": "escalate",
+            "configMap": {"name": "facts-suite", "key": "suite.jsonl"},
+            "scorer": {"type": "regex", "pattern": "(?s)."},  # for the record without its own pattern
+            "maxNewTokens": 4,
+        },
+    ]
+    evaluation = {"minImprovement": 0.01, "suites": suites, "generationBatchSize": 36}
+    ftj = workloads.train(kube, ns, workloads.finetunejob("facts", "facts", evaluation=evaluation))
     pods = kube.get("pods", "-n", ns, "-l", "job-name=facts-train")["items"]
     yield {"namespace": ns, "store": store, "ftj": ftj, "pods": pods}
     kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
     kube.kubectl("delete", "pv", f"{ns}-loraforge-model-store", "--wait=false", check=False)
 
 
-def test_a_finetunejob_trains_for_real_on_the_local_node(trained: dict[str, Any]) -> None:
+def test_a_finetunejob_trains_for_real_on_the_local_node(kube: Kube, trained: dict[str, Any]) -> None:
     ftj, pods, store = trained["ftj"], trained["pods"], trained["store"]
     assert ftj["status"]["phase"] == "Succeeded", json.dumps(ftj["status"], indent=1)
     assert len(pods) == 1
@@ -145,6 +166,25 @@ def test_a_finetunejob_trains_for_real_on_the_local_node(trained: dict[str, Any]
     assert manifest["source"]["namespace"] == trained["namespace"]
     metrics = ftj["status"]["adapter"].get("metrics") or ftj["status"].get("metrics") or manifest["metrics"]
     assert metrics["evalLoss"] < metrics["baseEvalLoss"], metrics
+    # Evaluation by answers: both suites asked of both models, in status, the manifest and the revision.
+    held, escalate = adapter["suites"]
+    assert (held["name"], held["records"], escalate["name"], escalate["records"]) == (
+        "held-out",
+        72,
+        "escalate",
+        2,
+    )
+    assert held["baseCorrect"] <= 3, held  # SmolLM2 cannot know invented facts
+    assert adapter["answers"] == f"held-out {held['correct']}/72 (base {held['baseCorrect']}/72)"
+    assert [s["name"] for s in manifest["evaluation"]["suites"]] == ["held-out", "escalate"]
+    asked = [json.loads(x) for x in (published / "answers-escalate.jsonl").read_text().splitlines()]
+    assert [a["where"] for a in asked] == [
+        "configmap/facts-suite[suite.jsonl]:1",
+        "configmap/facts-suite[suite.jsonl]:2",
+    ]
+    assert len((published / "answers-held-out.jsonl").read_text().splitlines()) == 72
+    wide = kube.kubectl("get", "ftj", "facts", "-n", trained["namespace"], "-o", "wide").stdout
+    assert "ANSWERS" in wide.splitlines()[0] and adapter["answers"] in wide, wide
 
 
 def _tgi_deployment(adapter_path: str) -> dict[str, Any]:

@@ -132,3 +132,21 @@ def test_committed_crds_match_the_models() -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_scorer_pattern_that_does_not_compile_is_refused_naming_the_field() -> None:
+    # CEL speaks RE2, the scorer Python: the pattern is checked where it will run, before any Job exists.
+    suite = {
+        "name": "safety",
+        "path": "datasets/s.jsonl",
+        "scorer": {"type": "regex", "pattern": "(?i)call (911"},
+    }
+    with pytest.raises(ValidationError) as err:
+        FineTuneJobSpec.model_validate({**VALID_SPEC, "evaluation": {"suites": [suite]}})
+    (error,) = err.value.errors()
+    assert _path(error["loc"]) == "spec.evaluation.suites[0].scorer"
+    assert "scorer.pattern is not a valid regular expression" in error["msg"]
+    # Python syntax that RE2 lacks (a lookbehind) is fine: the trainer and the smoke test run Python's re.
+    suite["scorer"]["pattern"] = r"(?<=call )911"
+    spec = FineTuneJobSpec.model_validate({**VALID_SPEC, "evaluation": {"suites": [suite]}})
+    assert spec.evaluation.suites[0].scorer.pattern == r"(?<=call )911"

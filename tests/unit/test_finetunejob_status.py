@@ -240,3 +240,44 @@ def test_pod_problems_are_read_from_the_scheduler_and_the_kubelet() -> None:
     assert _pod_problem([no_image]) == ("ImagePullBackOff", "container trainer: not found")
     assert _pod_problem([creating]) is None
     assert _pod_problem([{"status": {"phase": "Running"}}]) is None
+
+
+SUITE = {
+    "name": "held-out",
+    "scorer": "contains",
+    "records": 72,
+    "correct": 70,
+    "baseCorrect": 0,
+    "accuracy": 0.9722,
+    "baseAccuracy": 0.0,
+    "passed": True,
+}
+
+
+def test_answer_suites_reach_status_with_a_line_for_kubectl_get() -> None:
+    result = {
+        **RESULT,
+        "suites": [SUITE, {**SUITE, "name": "safety", "scorer": "regex"}],
+        "explanation": "ok",
+    }
+    obs = status.Observed(
+        generation=1, job=_job(conditions=COMPLETE), progress_data={contract.RESULT_KEY: json.dumps(result)}
+    )
+    st, _ = status.compute({}, obs)
+    assert st["adapter"]["suites"] == [SUITE, {**SUITE, "name": "safety", "scorer": "regex"}]
+    assert st["adapter"]["answers"] == "held-out 70/72 (base 0/72)"
+    assert st["adapter"]["explanation"] == "ok"
+    assert status.compute(st, obs)[0] == st  # unchanged world, unchanged status
+
+
+def test_a_failed_suite_is_why_the_gate_failed_and_garbage_suites_are_dropped() -> None:
+    why = "suite held-out: accuracy 4.2% < minAccuracy 90.0%"
+    failed = {**SUITE, "correct": 3, "accuracy": 0.0417, "passed": False}
+    result = {**RESULT, "evaluationPassed": False, "suites": [failed, {"name": 3}, "x"], "explanation": why}
+    obs = status.Observed(
+        generation=1, job=_job(conditions=COMPLETE), progress_data={contract.RESULT_KEY: json.dumps(result)}
+    )
+    st, _ = status.compute({}, obs)
+    assert st["adapter"]["suites"] == [failed]
+    assert _cond(st, "Failed")["reason"] == "EvaluationGateFailed"
+    assert why in _cond(st, "Failed")["message"]

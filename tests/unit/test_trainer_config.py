@@ -27,6 +27,9 @@ SECTIONS = [
     (config.Checkpoints, model.Checkpoints),
     (config.EvaluationGate, model.EvaluationGate),
     (config.Adapter, model.Adapter),
+    (config.Suite, model.EvaluationSuite),
+    (config.Scorer, model.Scorer),
+    (config.ModelCard, model.ModelCard),
 ]
 
 
@@ -133,3 +136,12 @@ def test_an_unreadable_or_malformed_file_is_a_config_error(tmp_path: Path) -> No
     bad.write_text("{")
     with pytest.raises(errors.InvalidInput, match="not valid JSON"):
         config.load(bad)
+
+
+def test_suite_defaults_agree_with_the_api() -> None:
+    doc = {
+        **MINIMAL,
+        "evaluation": {"suites": [{"name": "qa", "heldOut": True}, {"name": "s", "path": "s.jsonl"}]},
+    }
+    api = model.FineTuneJobSpec.model_validate(doc).model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert config.from_document(doc).for_manifest()["evaluation"] == api["evaluation"]

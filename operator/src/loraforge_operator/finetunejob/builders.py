@@ -73,6 +73,7 @@ def resolved_config(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
         "uid": owner.uid,
         "modelStore": contract.MODEL_STORE_MOUNT,
         "datasetDir": contract.DATASET_MOUNT if spec.dataset.config_map else None,
+        "suitesDir": contract.SUITES_MOUNT if any(x.config_map for x in spec.evaluation.suites) else None,
         # Per FineTuneJob object (uid), so a re-created job never resumes a stranger's run.
         "checkpointDir": (
             f"{contract.MODEL_STORE_MOUNT}/checkpoints/{owner.namespace}/{owner.name}-{owner.uid[:8]}"
@@ -230,6 +231,23 @@ def job(owner: Owner, spec: FineTuneJobSpec, settings: Settings) -> Manifest:
                 "configMap": {
                     "name": spec.dataset.config_map.name,
                     "items": [{"key": spec.dataset.config_map.key, "path": spec.dataset.config_map.key}],
+                },
+            }
+        )
+
+    for suite in spec.evaluation.suites:
+        if suite.config_map is None:
+            continue
+        volume = f"suite-{suite.name}"[:63].rstrip("-")
+        mounts.append(
+            {"name": volume, "mountPath": f"{contract.SUITES_MOUNT}/{suite.name}", "readOnly": True}
+        )
+        volumes.append(
+            {
+                "name": volume,
+                "configMap": {
+                    "name": suite.config_map.name,
+                    "items": [{"key": suite.config_map.key, "path": suite.config_map.key}],
                 },
             }
         )

@@ -21,6 +21,7 @@ CONFIG_KEY = "config.json"  # the resolved training configuration (JSON)
 
 MODEL_STORE_MOUNT = "/models"
 DATASET_MOUNT = "/data"
+SUITES_MOUNT = "/data/suites"  # ConfigMap evaluation suites, one folder per suite name
 
 # Keys of the progress ConfigMap, each a JSON document written by the trainer.
 PROGRESS_KEY = "progress.json"
@@ -29,7 +30,10 @@ PROGRESS_KEY = "progress.json"
 RESULT_KEY = "result.json"
 # {"adapter": {"name": "...", "revision": "...", "path": "adapters/<ns>/<name>/<rev>",
 #              "digest": "sha256:..."},
-#  "evaluationPassed": true, "metrics": {"evalLoss": 1.2, "baseEvalLoss": 1.9, ...}}
+#  "evaluationPassed": true, "metrics": {"evalLoss": 1.2, "baseEvalLoss": 1.9, ...},
+#  "suites": [{"name": "held-out", "scorer": "contains", "records": 72, "correct": 70, "baseCorrect": 0,
+#              "accuracy": 0.9722, "baseAccuracy": 0.0, "passed": true}],
+#  "explanation": "every condition of the gate holds"}
 FAILURE_KEY = "failure.json"
 # {"reason": "DatasetInvalid", "message": "datasets/train.jsonl:17: missing key 'messages'"}
 

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from .. import scoring
 from ..conditions import Condition
 from ..schema import (
     LABEL_KEY,
@@ -355,9 +356,104 @@ class Checkpoints(ApiModel):
     """Checkpoints kept; older ones are deleted."""
 
 
+ScorerType = Literal["contains", "exact", "regex", "tokenF1"]
+
+
+class Scorer(ApiModel):
+    """How an answer is judged against the expected one (the rules: loraforge_operator/scoring.py)."""
+
+    model_config = cel_rules(
+        cel(
+            "!has(self.pattern) || self.type == 'regex'",
+            "scorer.pattern applies only to scorer type regex",
+            field_path=".pattern",
+        ),
+    )
+
+    type: ScorerType = "contains"
+    """`contains`: the expected answer occurs in the answer, on word boundaries, after normalisation (lower
+    case, punctuation and the articles a/an/the removed, whitespace collapsed). `exact`: the two are equal
+    after normalisation. `regex`: a Python regular expression (the record's `expected`, else `pattern`) is
+    found in the answer, e.g. for prompts that must be refused or escalated. `tokenF1`: the token F1 of answer
+    and expected answer, normalised as SQuAD scores it, is at least `minF1`."""
+
+    pattern: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    """With `regex`: the pattern every answer of the suite must match, for suites whose records carry no
+    `expected` of their own, e.g. `(?i)(call|dial) (911|112|emergency)`. Checked before training."""
+
+    min_f1: Annotated[float, Field(gt=0.0, le=1.0)] = scoring.DEFAULT_MIN_F1
+    """With `tokenF1`: the F1 from which an answer counts as right."""
+
+    @model_validator(mode="after")
+    def _pattern(self) -> Scorer:
+        if self.pattern is not None:
+            if self.type != "regex":
+                raise ValueError("scorer.pattern applies only to scorer type regex")
+            bad = scoring.pattern_problem(self.pattern)
+            if bad:
+                raise ValueError(f"scorer.pattern is {bad}")
+        return self
+
+
+class EvaluationSuite(ApiModel):
+    """Questions the base model and the adapter both answer, greedily, after training; a scorer judges each
+    answer. Exactly one source: `heldOut: true` (the held-out records: the question is a record up to its last
+    assistant turn, the expected answer that turn), `path` or `configMap` (a JSONL file, one record a line:
+    `{"prompt": "...", "expected": "..."}`, or `messages` in place of `prompt` ending with the user's turn;
+    `expected` may be left out when `scorer.pattern` is set). A bad record fails the FineTuneJob naming
+    file:line before training starts. Accuracy, base against adapter, goes to status, the revision's
+    manifest and model card (every answer: `answers-<suite>.jsonl` in the revision's folder)."""
+
+    model_config = cel_rules(
+        cel(
+            "(self.heldOut ? 1 : 0) + (has(self.path) ? 1 : 0) + (has(self.configMap) ? 1 : 0) == 1",
+            "set exactly one of heldOut: true, path or configMap",
+        ),
+    )
+
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+    """Name of the suite, e.g. `held-out` or `safety`; unique in the FineTuneJob."""
+
+    held_out: bool = False
+    """Ask the dataset's held-out records (`dataset.validationPath`, or the `validationSplit`)."""
+
+    path: RelativePath | None = None
+    """A JSONL suite file relative to the model store."""
+
+    config_map: ConfigMapKey | None = None
+    """A JSONL suite file as a ConfigMap key in the FineTuneJob's namespace."""
+
+    scorer: Scorer = Field(default_factory=Scorer)
+    """How answers are judged."""
+
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    """The gate: the adapter must answer at least this fraction right, e.g. 0.9."""
+
+    min_gain: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
+    """The gate: the adapter's accuracy must exceed the base model's by at least this much (0.5: fifty
+    points); 0 means no worse than the base model."""
+
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 64
+    """The longest answer generated per question."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvaluationSuite:
+        if self.held_out + (self.path is not None) + (self.config_map is not None) != 1:
+            raise ValueError("set exactly one of heldOut: true, path or configMap")
+        return self
+
+
 class EvaluationGate(ApiModel):
-    """Conditions the adapter must meet on the held-out records to pass. With none set, the gate passes and
-    the metrics are only recorded."""
+    """Conditions the adapter must meet to pass: on the held-out loss, and on the answers of each suite. With
+    none set, the gate passes and the metrics are only recorded."""
+
+    model_config = cel_rules(
+        cel(
+            "self.suites.all(a, self.suites.exists_one(b, b.name == a.name))",
+            "evaluation.suites: each suite needs a name of its own",
+            field_path=".suites",
+        ),
+    )
 
     max_eval_loss: Annotated[float, Field(gt=0.0)] | None = None
     """The adapter's eval loss must be at most this."""
@@ -366,6 +462,46 @@ class EvaluationGate(ApiModel):
     """The adapter's eval loss must be lower than the base model's by at least this fraction, e.g. 0.05 for
     5%."""
 
+    suites: Annotated[list[EvaluationSuite], Field(max_length=16)] = Field(default_factory=list)
+    """Evaluation by answers (none by default). Each suite's `minAccuracy` and `minGain` are part of the
+    gate."""
+
+    generation_batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Questions answered together in one batch."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> EvaluationGate:
+        names = [s.name for s in self.suites]
+        if len(set(names)) != len(names):
+            raise ValueError("evaluation.suites: each suite needs a name of its own")
+        return self
+
+
+CardText = Annotated[str, Field(min_length=1, max_length=8192)]
+
+
+class ModelCard(ApiModel):
+    """Sections of the revision's model card (README.md) that only you can write; loraforge writes the rest
+    (training data, settings, evaluation) from what it measured. Markdown."""
+
+    intended_use: CardText | None = None
+    """What the adapter is for and who should use it, e.g. "Answering staff questions about the ward's
+    discharge procedures; not for diagnosis"."""
+
+    out_of_scope: CardText | None = None
+    """Uses it must not be put to."""
+
+    limitations: CardText | None = None
+    """What it is known to get wrong, beyond what the evaluation shows."""
+
+    ethical_considerations: CardText | None = None
+    """Risks to people (privacy of the training data, bias, harm from wrong answers) and how they are
+    handled."""
+
+    training_data: CardText | None = None
+    """Where the data came from, its licence and consent, and what was removed (loraforge adds the file,
+    digest and record counts)."""
+
 
 class Adapter(ApiModel):
     """The adapter that training publishes."""
@@ -373,6 +509,9 @@ class Adapter(ApiModel):
     name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] | None = None
     """Adapter name; revisions are published under `adapters/<namespace>/<name>/` in the model store.
     Default: the FineTuneJob's name."""
+
+    model_card: ModelCard = Field(default_factory=ModelCard)
+    """Your sections of the model card."""
 
 
 class PodMetadata(ApiModel):
@@ -465,12 +604,38 @@ class FineTuneJobSpec(ApiModel):
             "quantization applies only to method qlora",
             field_path=".quantization",
         ),
+        cel(
+            "!self.evaluation.suites.exists(s, s.heldOut) || self.dataset.format != 'text'",
+            "an evaluation suite with heldOut: true needs questions with answers; "
+            "dataset.format text has none",
+            field_path=".evaluation.suites",
+        ),
+        cel(
+            "!self.evaluation.suites.exists(s, s.heldOut) || has(self.dataset.validationPath) "
+            "|| self.dataset.validationSplit > 0.0",
+            "an evaluation suite with heldOut: true needs held-out records: "
+            "set dataset.validationSplit > 0 "
+            "or dataset.validationPath",
+            field_path=".evaluation.suites",
+        ),
     )
 
     @model_validator(mode="after")
     def _quantization_needs_qlora(self) -> FineTuneJobSpec:
         if self.method != "qlora" and self.quantization is not None:
             raise ValueError("quantization applies only to method qlora")
+        held_out = any(s.held_out for s in self.evaluation.suites)
+        if held_out and self.dataset.format == "text":
+            raise ValueError(
+                "an evaluation suite with heldOut: true needs questions with answers; "
+                "dataset.format text has none"
+            )
+        if held_out and self.dataset.validation_path is None and self.dataset.validation_split == 0:
+            raise ValueError(
+                "an evaluation suite with heldOut: true needs held-out records: "
+                "set dataset.validationSplit > 0 "
+                "or dataset.validationPath"
+            )
         return self
 
 
@@ -514,6 +679,34 @@ class Progress(ApiModel):
     """When the trainer reported this (RFC 3339)."""
 
 
+class SuiteResult(ApiModel):
+    """How the base model and the adapter answered one evaluation suite."""
+
+    name: str
+    """The suite's name."""
+
+    scorer: ScorerType
+    """The scorer that judged the answers."""
+
+    records: Annotated[int, Field(ge=0)]
+    """Questions asked."""
+
+    correct: Annotated[int, Field(ge=0)]
+    """Questions the adapter answered right."""
+
+    base_correct: Annotated[int, Field(ge=0)]
+    """Questions the base model answered right."""
+
+    accuracy: Annotated[float, Field(ge=0.0, le=1.0)]
+    """correct / records."""
+
+    base_accuracy: Annotated[float, Field(ge=0.0, le=1.0)]
+    """baseCorrect / records."""
+
+    passed: bool
+    """Whether the suite's minAccuracy and minGain hold (true when it sets neither)."""
+
+
 class PublishedAdapter(ApiModel):
     """The adapter revision this FineTuneJob published."""
 
@@ -534,6 +727,15 @@ class PublishedAdapter(ApiModel):
 
     metrics: dict[str, float] = Field(default_factory=dict)
     """Evaluation metrics, e.g. evalLoss, baseEvalLoss, perplexity."""
+
+    suites: Annotated[list[SuiteResult], Field(max_length=16)] = Field(default_factory=list)
+    """Evaluation by answers: each suite's accuracy, base model against adapter."""
+
+    answers: str | None = None
+    """The first suite in a line, for `kubectl get ftj -o wide`, e.g. `held-out 70/72 (base 0/72)`."""
+
+    explanation: str | None = None
+    """Why the gate passed or failed, as the trainer judged it."""
 
 
 class FineTuneJobStatus(ApiModel):

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..conditions import merge_conditions
 from . import contract
+from .model import SuiteResult
 
 # Reasons, CamelCase, documented in docs/operations.md (troubleshooting by reason).
 ACCEPTED = "Accepted"
@@ -115,7 +116,7 @@ def _published(result: dict[str, Any] | None) -> dict[str, Any] | None:
         for k, v in (result.get("metrics") or {}).items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    return {
+    out = {
         "name": a["name"],
         "revision": a["revision"],
         "path": a["path"],
@@ -123,6 +124,26 @@ def _published(result: dict[str, Any] | None) -> dict[str, Any] | None:
         "evaluationPassed": bool(result.get("evaluationPassed")),
         "metrics": metrics,
     }
+    suites = [s for s in (_suite(x) for x in (result.get("suites") or [])[:16]) if s]
+    if suites:
+        out["suites"] = suites
+        first = suites[0]
+        out["answers"] = (
+            f"{first['name']} {first['correct']}/{first['records']} "
+            f"(base {first['baseCorrect']}/{first['records']})"
+        )
+    if isinstance(result.get("explanation"), str) and result["explanation"]:
+        out["explanation"] = result["explanation"][:2000]
+    return out
+
+
+def _suite(x: Any) -> dict[str, Any] | None:
+    """One suite of the trainer's result, as status records it (None if the trainer wrote something else)."""
+    try:
+        suite = SuiteResult.model_validate(x)
+    except ValueError:
+        return None
+    return suite.model_dump(by_alias=True, mode="json")
 
 
 def recorded_failure(old_status: dict[str, Any]) -> tuple[str, str] | None:
@@ -222,8 +243,9 @@ def compute(old_status: dict[str, Any], obs: Observed) -> tuple[dict[str, Any], 
         else:
             status["phase"] = "Failed"
             metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(published["metrics"].items()))
+            why = published.get("explanation") or metrics
             msg = (
-                f"revision {published['revision']} did not pass the evaluation gate ({metrics}); "
+                f"revision {published['revision']} did not pass the evaluation gate ({why}); "
                 "it is published but will not be promoted"
             )
             cond("Evaluated", False, GATE_FAILED, msg)
