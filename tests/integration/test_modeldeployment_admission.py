@@ -106,6 +106,48 @@ INVALID = [
         "spec.adapters",
         "smokeTest.chat: false needs runtime.tgi",
     ),
+    # smokeTest.suite: its ConfigMap and its minAccuracy are required, its concurrency bounded.
+    (
+        {
+            "adapters": [
+                {"name": "facts", "from": {"adapter": "facts"}, "smokeTest": {"suite": {"minAccuracy": 0.9}}}
+            ]
+        },
+        "spec.adapters[0].smokeTest.suite.configMap",
+        "Required value",
+    ),
+    (
+        {
+            "adapters": [
+                {
+                    "name": "facts",
+                    "from": {"adapter": "facts"},
+                    "smokeTest": {"suite": {"configMap": {"name": "facts-suite", "key": "questions.jsonl"}}},
+                }
+            ]
+        },
+        "spec.adapters[0].smokeTest.suite.minAccuracy",
+        "Required value",
+    ),
+    (
+        {
+            "adapters": [
+                {
+                    "name": "facts",
+                    "from": {"adapter": "facts"},
+                    "smokeTest": {
+                        "suite": {
+                            "configMap": {"name": "facts-suite", "key": "questions.jsonl"},
+                            "minAccuracy": 0.9,
+                            "concurrency": 65,
+                        }
+                    },
+                }
+            ]
+        },
+        "spec.adapters[0].smokeTest.suite.concurrency",
+        "",
+    ),
 ]
 
 

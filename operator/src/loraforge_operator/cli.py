@@ -1,6 +1,7 @@
 """`loraforge`: talk to a ModelDeployment from the shell.
 
     loraforge generate NAME [-n NAMESPACE] [--adapter A] [--max-new-tokens N] [--raw] [--url URL] PROMPT...
+    loraforge approve MODELDEPLOYMENT ADAPTER REVISION [-n NAMESPACE]
 
 Sends PROMPT to the deployment with huggingface_hub's InferenceClient, as one
 user turn through the chat API (the model's chat template; `--raw` sends the
@@ -10,26 +11,35 @@ Where it sends it: `--url` if given (e.g. after `kubectl port-forward
 svc/NAME 8080:80`, `--url http://localhost:8080`); inside the cluster, the
 deployment's Service (`status.endpoint`); otherwise a Ready pod's address,
 which a machine in the pod network (or the local cluster) can reach.
+
+`approve`, under `promotion.policy: Manual`: pins the adapter to the revision
+(`from.revision`) and records you, as the API server knows you (a
+SelfSubjectReview), in `from.approvedBy`; the chart's admission policy checks
+that name against whoever sends the change.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import re
 import sys
 from typing import Any
 
 from . import api
 from .modeldeployment import runtime
+from .modeldeployment.model import REVISION
 
 
 class CliError(Exception):
     pass
 
 
-async def _find(name: str, namespace: str | None) -> tuple[str, str]:
-    """The URL to send to, and the `model` that means the base model there."""
-    from kubernetes_asyncio import client, config
+async def _connect(namespace: str | None) -> tuple[bool, str]:
+    """Load the in-cluster or kubeconfig credentials; whether in the cluster, and the namespace to use."""
+    from kubernetes_asyncio import config
 
     try:
         config.load_incluster_config()
@@ -40,6 +50,14 @@ async def _find(name: str, namespace: str | None) -> tuple[str, str]:
     if namespace is None:
         _, active = config.list_kube_config_contexts() if not in_cluster else (None, {})
         namespace = ((active or {}).get("context") or {}).get("namespace") or "default"
+    return in_cluster, namespace
+
+
+async def _find(name: str, namespace: str | None) -> tuple[str, str]:
+    """The URL to send to, and the `model` that means the base model there."""
+    from kubernetes_asyncio import client
+
+    in_cluster, namespace = await _connect(namespace)
     async with client.ApiClient() as api_client:
         custom = client.CustomObjectsApi(api_client)
         try:
@@ -109,6 +127,94 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def approval_patch(md: dict[str, Any], adapter: str, revision: str, user: str) -> list[dict[str, Any]]:
+    """The JSON patch that pins ``adapter`` of ModelDeployment ``md`` to ``revision``, approved by ``user``;
+    refuses (CliError) what the operator would not treat as an approval. The `test` op on the adapter's name
+    makes the API server refuse the patch if the list changed since ``md`` was read."""
+    name = md["metadata"]["name"]
+    spec = md.get("spec") or {}
+    policy = (spec.get("promotion") or {}).get("policy") or "Automatic"
+    if policy != "Manual":
+        raise CliError(
+            f'ModelDeployment "{name}" has promotion.policy {policy}: it serves each new passing revision '
+            "by itself; approval applies to promotion.policy Manual"
+        )
+    adapters = spec.get("adapters") or []
+    index = next((i for i, a in enumerate(adapters) if a.get("name") == adapter), None)
+    if index is None:
+        known = ", ".join(a.get("name", "?") for a in adapters) or "none"
+        raise CliError(f'ModelDeployment "{name}" serves no adapter "{adapter}" (it serves {known})')
+    source = adapters[index].get("from") or {}
+    if not source.get("adapter"):
+        kind = next((k for k in ("fineTuneJob", "path") if source.get(k)), "another source")
+        raise CliError(
+            f'adapter "{adapter}" of ModelDeployment "{name}" comes from from.{kind}, not from.adapter: '
+            "only a followed adapter has revisions to approve"
+        )
+    if not re.fullmatch(REVISION, revision):
+        raise CliError(f'"{revision}" is not a revision (v1, v2, ...)')
+    at = f"/spec/adapters/{index}"
+    return [
+        {"op": "test", "path": f"{at}/name", "value": adapter},
+        {"op": "add", "path": f"{at}/from/revision", "value": revision},
+        {"op": "add", "path": f"{at}/from/approvedBy", "value": user},
+    ]
+
+
+async def _approve(name: str, adapter: str, revision: str, namespace: str | None) -> str:
+    """Pin the revision as the current user; what was done, for people."""
+    from kubernetes_asyncio import client
+
+    _, namespace = await _connect(namespace)
+    async with client.ApiClient() as api_client:
+        review = await client.AuthenticationV1Api(api_client).create_self_subject_review(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        )
+        user = ((review.status and review.status.user_info) and review.status.user_info.username) or ""
+        if not user:
+            raise CliError("the API server did not say who you are (SelfSubjectReview has no username)")
+        custom = client.CustomObjectsApi(api_client)
+        where = f'ModelDeployment "{name}" in namespace "{namespace}"'
+        try:
+            md: dict[str, Any] = await custom.get_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, "modeldeployments", name
+            )
+        except client.ApiException as e:
+            raise CliError(f"{where}: {e.reason}") from e
+        patch = approval_patch(md, adapter, revision, user)
+        source = next(a for a in md["spec"]["adapters"] if a["name"] == adapter)["from"]
+        before = source.get("revision")
+        status = next((a for a in (md.get("status") or {}).get("adapters") or [] if a["name"] == adapter), {})
+        try:
+            await custom.patch_namespaced_custom_object(
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                "modeldeployments",
+                name,
+                patch,
+                _content_type="application/json-patch+json",
+            )
+        except client.ApiException as e:
+            detail = e.reason
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                detail = json.loads(e.body).get("message") or detail
+            raise CliError(f"{where}: {detail}") from e
+    was = f"pinned to {before}" if before else "no revision pinned"
+    serving = status.get("serving") or "nothing yet"
+    newest = status.get("available") or revision
+    note = "" if newest == revision else f"; newest that passed: {newest}"
+    return (
+        f"{name}: adapter {adapter} pinned to {revision}, approved by {user} "
+        f"(was: {was}; serving {serving}{note})"
+    )
+
+
+def approve(args: argparse.Namespace) -> int:
+    print(asyncio.run(_approve(args.name, args.adapter, args.revision, args.namespace)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loraforge", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,9 +227,21 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--raw", action="store_true", help="send the prompt as is (no chat template)")
     g.add_argument("--url", help="the runtime's base URL (TGI or vLLM) to use instead of finding one")
     g.add_argument("--timeout", type=float, default=120.0)
+    g.set_defaults(run=generate)
+    a = sub.add_parser(
+        "approve",
+        help="under promotion.policy Manual: pin an adapter's revision, recording you as its approver",
+        description="Pin ADAPTER of MODELDEPLOYMENT to REVISION (from.revision) with you as from.approvedBy "
+        "(who you are is asked of the API server: a SelfSubjectReview).",
+    )
+    a.add_argument("name", metavar="MODELDEPLOYMENT", help="the ModelDeployment")
+    a.add_argument("adapter", metavar="ADAPTER", help="the adapter's name in spec.adapters")
+    a.add_argument("revision", metavar="REVISION", help="the revision to serve, e.g. v2")
+    a.add_argument("-n", "--namespace", help="its namespace (default: the kubeconfig context's)")
+    a.set_defaults(run=approve)
     args = parser.parse_args(argv)
     try:
-        return generate(args)
+        return args.run(args)
     except CliError as e:
         print(f"loraforge: {e}", file=sys.stderr)
         return 1

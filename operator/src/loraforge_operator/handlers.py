@@ -55,6 +55,8 @@ MD_CHILD_KINDS = [
 ]
 # While a rollout runs, look again this often even without events (its deadline).
 ROLLOUT_RECHECK_SECONDS = 10.0
+# While a smoke-test suite is unusable, read its ConfigMap again this often (ConfigMaps are not watched).
+SUITE_RECHECK_SECONDS = 30.0
 
 
 class Serial:
@@ -355,6 +357,8 @@ async def _reconcile_md_once(
     MDState.backoff.pop(key, None)
     if (status.get("rollout") or {}).get("phase") == "Progressing":
         _recheck_md(key, indexes, logger, ROLLOUT_RECHECK_SECONDS)
+    elif reconciler.suite_invalid(key):
+        _recheck_md(key, indexes, logger, SUITE_RECHECK_SECONDS)
 
 
 def _recheck_md(key: Key, indexes: dict[str, Any], logger: logging.Logger, delay: float) -> None:

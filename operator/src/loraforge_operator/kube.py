@@ -152,6 +152,15 @@ class Kube:
             content_type="application/strategic-merge-patch+json",
         )
 
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """Read one object (not watched: e.g. a ConfigMap a spec names); None where it does not exist."""
+        try:
+            return await self._call("GET", _path(api_version, kind, namespace, name))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         metrics.API_WRITES.labels(verb="delete", kind=kind).inc()
         try:

@@ -19,10 +19,12 @@ from ..conditions import Condition
 from ..finetunejob.model import (
     DNS_LABEL,
     BaseModelSource,
+    ConfigMapKey,
     ModelStore,
     NodeSelector,
     Quantity,
     RelativePath,
+    Scorer,
     Toleration,
 )
 from ..schema import ApiModel, ExtendedResourceName, annotation_map, cel, cel_rules, label_map
@@ -35,6 +37,29 @@ VLLM_RAW_SMOKE_TEST = (
     "smokeTest.chat: false needs runtime.tgi (vLLM serves chat completions, not TGI's raw route)"
 )
 DEFAULT_TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
+APPROVED_BY_NEEDS_REVISION = "from.approvedBy names who approved the pin in from.revision: set both"
+
+
+class SmokeTestSuite(ApiModel):
+    """A suite of questions each new pod must answer right with the adapter (`smokeTest.suite`). Read and
+    checked by the operator (modeldeployment/smoke.py) before it verifies any pod with it."""
+
+    config_map: ConfigMapKey
+    """The suite file: a key of a ConfigMap in the ModelDeployment's namespace (read by the operator, at most
+    1 MiB)."""
+
+    scorer: Scorer = Field(default_factory=Scorer)
+    """How answers are judged (as in a FineTuneJob's `evaluation.suites[].scorer`)."""
+
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)]
+    """The fraction of questions the adapter must answer right on the pod, e.g. 0.9. Below it the pod fails
+    its smoke test and the rollout is rolled back."""
+
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 64
+    """The longest answer generated per question (keep it within the runtime's token limits)."""
+
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    """Questions in flight at once against the pod."""
 
 
 class SmokeTest(ApiModel):
@@ -63,6 +88,15 @@ class SmokeTest(ApiModel):
     answers (TGI answers with the base model when an adapter is missing; vLLM refuses an unknown adapter, so
     there a missing adapter fails the smoke test without this)."""
 
+    suite: SmokeTestSuite | None = None
+    """A whole suite of questions the pod must also answer right, besides the prompt above: proof that
+    serving gives the answers training measured. A JSONL file in a ConfigMap, in the format of a
+    FineTuneJob's evaluation suites (`{"prompt": "...", "expected": "..."}` a line, or `messages` ending with
+    the user's turn); each question is asked as a chat completion with the adapter, greedily, and judged by
+    `scorer`. Below `minAccuracy` the pod fails its smoke test (the rollout is rolled back). A missing
+    ConfigMap or key or a bad record fails no pod: no new pod is verified and no rollout starts until it is
+    fixed, and the `Degraded` condition (reason `SmokeTestSuiteInvalid`) names configmap/name[key]:line."""
+
 
 class AdapterSource(ApiModel):
     """Where an adapter's weights come from. Exactly one of `adapter`, `fineTuneJob` or `path`."""
@@ -77,6 +111,11 @@ class AdapterSource(ApiModel):
             "from.revision pins a revision of from.adapter",
             field_path=".revision",
         ),
+        cel(
+            "!has(self.approvedBy) || has(self.revision)",
+            APPROVED_BY_NEEDS_REVISION,
+            field_path=".approvedBy",
+        ),
     )
 
     adapter: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] | None = None
@@ -86,6 +125,12 @@ class AdapterSource(ApiModel):
     revision: Annotated[str, Field(pattern=REVISION, max_length=16)] | None = None
     """With `adapter`: serve this revision instead of following the newest (pin; also how a revision is
     approved under `promotion.policy: Manual`, and how to pin back to an earlier one)."""
+
+    approved_by: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    """With `revision`: the user who approved this pin (`loraforge approve` sets both). Checked at admission
+    against the requester's identity by the chart's ValidatingAdmissionPolicy (`admission.approvalIdentity`):
+    only that user may set or change it, while anyone may edit other fields later. Recorded with the time
+    the operator first saw the pin in `status.adapters[].approval`."""
 
     fine_tune_job: Annotated[str, Field(pattern=DNS_LABEL, max_length=253)] | None = None
     """Serve exactly the revision this FineTuneJob published."""
@@ -100,6 +145,8 @@ class AdapterSource(ApiModel):
             raise ValueError("set exactly one of from.adapter, from.fineTuneJob or from.path")
         if self.revision is not None and self.adapter is None:
             raise ValueError("from.revision pins a revision of from.adapter")
+        if self.approved_by is not None and self.revision is None:
+            raise ValueError(APPROVED_BY_NEEDS_REVISION)
         return self
 
 
@@ -498,6 +545,20 @@ class ServingRevision(ApiModel):
     """LoRA rank, from the FineTuneJob's `lora.r`; 0 where unknown (a `from.path` adapter)."""
 
 
+class Approval(ApiModel):
+    """The pin that serves an adapter under `promotion.policy: Manual`, and who approved it."""
+
+    revision: str
+    """The pinned revision (`from.revision`)."""
+
+    approved_by: str = ""
+    """Who approved it (`from.approvedBy`, checked against the requester at admission); empty when the pin
+    names no one."""
+
+    approved_at: str
+    """When the operator first saw this revision pinned by this approver (RFC 3339)."""
+
+
 class AdapterStatus(ApiModel):
     """What is known of one adapter."""
 
@@ -512,6 +573,10 @@ class AdapterStatus(ApiModel):
 
     rejected: Annotated[list[str], Field(max_length=64)] = Field(default_factory=list)
     """Revisions rolled back because they failed; never rolled out again by following (pin to retry)."""
+
+    approval: Approval | None = None
+    """Under Manual promotion, the pin in `from.revision`: who approved it (`from.approvedBy`) and when the
+    operator first saw it. Absent under Automatic promotion and for adapters not followed by name."""
 
 
 class RolloutRecord(ApiModel):

@@ -18,8 +18,8 @@ from typing import Any
 
 from ..conditions import merge_conditions
 from . import builders, runtime
-from .model import ModelDeploymentSpec, ServingRevision
-from .resolve import Resolution
+from .model import ModelDeploymentSpec, ServedAdapter, ServingRevision
+from .resolve import Problem, Resolution
 
 CRASH_RESTARTS = 3  # restarts of a new pod's container that count as a failed rollout
 FAILING_WAIT_REASONS = {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError"}
@@ -31,6 +31,12 @@ class Observed:
     deployment: dict[str, Any] | None
     pods: list[dict[str, Any]]
     now: dt.datetime
+    # Adapter -> why its smoke test cannot run (an invalid smokeTest.suite): a spec problem. While there is
+    # one, no pod is verified, so no rollout starts and a running one does not count its deadline.
+    smoke_problems: dict[str, Problem] = field(default_factory=dict)
+    # The deadline of a running rollout counts from here where later than its start: when smoke tests were
+    # last held by a smoke problem (the time they could not run is not the rollout's).
+    deadline_from: dt.datetime | None = None
 
 
 @dataclass
@@ -111,6 +117,30 @@ def rejected_of(status: dict[str, Any]) -> dict[str, set[str]]:
     return {a["name"]: set(a.get("rejected") or []) for a in status.get("adapters") or []}
 
 
+def approvals_of(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {a["name"]: a["approval"] for a in status.get("adapters") or [] if a.get("approval")}
+
+
+def approval(
+    spec: ModelDeploymentSpec, adapter: ServedAdapter, old: dict[str, Any] | None, now: str
+) -> tuple[dict[str, Any] | None, Event | None]:
+    """The approval record of one adapter: under Manual promotion, the pin of a followed adapter and who
+    approved it, with the time it was first seen (kept from ``old`` while the pin and the approver stay the
+    same); and the event to post when it is new."""
+    src = adapter.from_
+    if spec.promotion.policy != "Manual" or src.adapter is None or src.revision is None:
+        return None, None
+    by = src.approved_by or ""
+    seen = (old or {}).get("approvedAt")
+    if seen and (old or {}).get("revision") == src.revision and (old or {}).get("approvedBy", "") == by:
+        return {"revision": src.revision, "approvedBy": by, "approvedAt": seen}, None
+    who = f"approved by {by}" if by else "pinned (from.approvedBy names no one)"
+    return (
+        {"revision": src.revision, "approvedBy": by, "approvedAt": now},
+        Event("Normal", "RevisionApproved", f"adapter {adapter.name}: revision {src.revision} {who}"),
+    )
+
+
 def compute(
     spec: ModelDeploymentSpec,
     old: dict[str, Any],
@@ -154,7 +184,12 @@ def compute(
         ]
         failure = next((why for p in new_pods if (why := _failing(p))), None)
         started = _parse_time(rollout["startTime"])
-        overdue = (obs.now - started).total_seconds() > spec.rollout.progress_deadline_seconds
+        if obs.deadline_from is not None:
+            started = max(started, obs.deadline_from)
+        overdue = (
+            not obs.smoke_problems
+            and (obs.now - started).total_seconds() > spec.rollout.progress_deadline_seconds
+        )
         if failure or overdue:
             reason = (
                 "SmokeTestFailed"
@@ -196,7 +231,7 @@ def compute(
             and last.get("generation") == obs.generation
         )
         serving_key = builders.revisions_key(serving)
-        if not missing and target_key != serving_key and not tried_and_failed:
+        if not missing and target_key != serving_key and not tried_and_failed and not obs.smoke_problems:
             template = target
             rollout = {
                 "revisions": target_key,
@@ -220,7 +255,13 @@ def compute(
     want = ((obs.deployment or {}).get("spec") or {}).get("replicas", 0) if obs.deployment else 0
     ready_replicas = dep_status.get("readyReplicas", 0)
     progressing = rollout is not None and rollout.get("phase") == "Progressing"
-    problems = {n: p for n, p in resolution.problems.items() if n not in resolution.pending}
+    # Waiting for approval is the PromotionPending condition's news, not a degradation.
+    problems = {
+        n: p
+        for n, p in resolution.problems.items()
+        if not (n in resolution.pending and p.reason == "PromotionPending")
+    }
+    problems.update({n: p for n, p in obs.smoke_problems.items() if n not in problems})
     first_problem = next(iter(problems.values()), None)
     # The last finished rollout, if it failed (rolled back, or a first rollout with nothing to go back to).
     failed = history[0] if history and history[0].get("phase") in ("RolledBack", "Failed") else None
@@ -264,13 +305,21 @@ def compute(
             "status": "True" if resolution.pending else "False",
             "reason": "ApprovalRequired" if resolution.pending else "NothingPending",
             "message": "; ".join(
-                f"{n}: {r} passed its gate; pin it in from.revision to serve it"
+                f"{n}: {r} passed its gate; pin it in from.revision (loraforge approve) to serve it"
                 for n, r in sorted(resolution.pending.items())
             ),
         },
     ]
     for c in conds:
         c["observedGeneration"] = obs.generation
+    old_approvals = approvals_of(old)
+    approvals: dict[str, dict[str, Any]] = {}
+    for a in spec.adapters:
+        record, event = approval(spec, a, old_approvals.get(a.name), now)
+        if record is not None:
+            approvals[a.name] = record
+        if event is not None:
+            events.append(event)
     phase = (
         "Progressing"
         if progressing
@@ -291,6 +340,7 @@ def compute(
                 else "",
                 "available": resolution.available.get(a.name, ""),
                 "rejected": sorted(rejected.get(a.name, set()), key=lambda r: (len(r), r)),
+                **({"approval": approvals[a.name]} if a.name in approvals else {}),
             }
             for a in spec.adapters
         ],

@@ -31,6 +31,8 @@ Key = tuple[str, str]
 ROLLOUT_ENDS = {"RolloutComplete": "Complete", "RolledBack": "RolledBack", "RolloutFailed": "Failed"}
 # How long to wait before writing a ServiceMonitor again where the API was missing.
 MONITORING_RETRY_SECONDS = 300.0
+# Degraded reason of a smokeTest.suite that cannot be used (missing ConfigMap or key, a bad record).
+SUITE_INVALID = "SmokeTestSuiteInvalid"
 
 
 def _spec_error(e: ValidationError) -> str:
@@ -62,6 +64,13 @@ class ModelDeploymentReconciler:
     # ModelDeployment -> when its ServiceMonitor could not be written (the API is missing): one event,
     # and a retry later rather than a failing write on every reconcile.
     monitoring_unavailable: dict[Key, float] = field(default_factory=dict)
+    # ModelDeployment -> adapter -> (what it was read from, the suite or why it is unusable): smoke-test
+    # suites are read from their ConfigMaps on every reconcile, parsed again only when one changed.
+    suites: dict[Key, dict[str, tuple[tuple[str, ...], smoke.Suite | resolve.Problem]]] = field(
+        default_factory=dict
+    )
+    # ModelDeployment -> when an invalid suite last held its smoke tests (a rollout's deadline counts after).
+    held_at: dict[Key, dt.datetime] = field(default_factory=dict)
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
     async def reconcile(
@@ -87,7 +96,18 @@ class ModelDeploymentReconciler:
         deployment = observed.get(("Deployment", ns, name))
         serving = plan.serving_of(old_status)
         resolution = resolve.resolve(spec, finetunejobs, plan.rejected_of(old_status), serving)
-        obs = plan.Observed(generation=generation, deployment=deployment, pods=pods, now=self.clock())
+        suites, smoke_problems = await self._read_suites(ns, name, spec)
+        now = self.clock()
+        if smoke_problems:
+            self.held_at[(ns, name)] = now
+        obs = plan.Observed(
+            generation=generation,
+            deployment=deployment,
+            pods=pods,
+            now=now,
+            smoke_problems=smoke_problems,
+            deadline_from=self.held_at.get((ns, name)),
+        )
         p = plan.compute(spec, old_status, resolution, obs, builders.endpoint(owner, spec), name)
         if p.template is not None:
             wanted = builders.children(owner, spec, self.settings, p.template)
@@ -97,9 +117,64 @@ class ModelDeploymentReconciler:
                 else:
                     await ensure_child(self.kube, self.memo, manifest, observed)
             await self._prune(owner, wanted, observed)
-        await self._verify(owner, spec, pods)
+        await self._verify(owner, spec, pods, suites, held=bool(smoke_problems))
         await self._write_status(body, old_status, p.status, p.events)
         return p.status
+
+    async def _read_suites(
+        self, ns: str, name: str, spec: ModelDeploymentSpec
+    ) -> tuple[dict[str, smoke.Suite], dict[str, resolve.Problem]]:
+        """Each adapter's smoke-test suite, read from its ConfigMap and checked before any pod is tested
+        with it; or why it cannot be used (missing ConfigMap or key, a bad record: configmap/name[key]:line),
+        a spec problem that holds the smoke tests rather than failing pods."""
+        wanted = {a.name: a.smoke_test.suite for a in spec.adapters if a.smoke_test and a.smoke_test.suite}
+        if not wanted:
+            self.suites.pop((ns, name), None)
+            return {}, {}
+        config_maps: dict[str, dict[str, Any] | resolve.Problem | None] = {}
+        for cm in sorted({s.config_map.name for s in wanted.values()}):
+            try:
+                config_maps[cm] = await self.kube.get("v1", "ConfigMap", ns, cm)
+            except ApiException as e:
+                config_maps[cm] = resolve.Problem(
+                    SUITE_INVALID, f"configmap/{cm}: cannot read it: {e.status} {e.reason}"
+                )
+        known = self.suites.get((ns, name), {})
+        cache: dict[str, tuple[tuple[str, ...], smoke.Suite | resolve.Problem]] = {}
+        suites: dict[str, smoke.Suite] = {}
+        problems: dict[str, resolve.Problem] = {}
+        for adapter, suite_spec in wanted.items():
+            cm = config_maps[suite_spec.config_map.name]
+            if isinstance(cm, resolve.Problem):
+                cache[adapter] = ((), cm)
+                problems[adapter] = cm
+                continue
+            version = ((cm or {}).get("metadata") or {}).get("resourceVersion", "")
+            source = (str(version) if cm is not None else "", suite_spec.model_dump_json())
+            cached = known.get(adapter)
+            if cached is not None and cached[0] == source:
+                result = cached[1]
+            else:
+                try:
+                    result = smoke.suite_from_configmap(cm, suite_spec)
+                except smoke.SuiteInvalid as e:
+                    result = resolve.Problem(SUITE_INVALID, f"smokeTest.suite: {e}")
+                else:
+                    log.info(
+                        "%s/%s: smoke-test suite %s of adapter %s: %d questions",
+                        ns,
+                        name,
+                        result.name,
+                        adapter,
+                        len(result.questions),
+                    )
+            cache[adapter] = (source, result)
+            if isinstance(result, resolve.Problem):
+                problems[adapter] = result
+            else:
+                suites[adapter] = result
+        self.suites[(ns, name)] = cache
+        return suites, problems
 
     async def _ensure_service_monitor(
         self, body: dict[str, Any], manifest: dict[str, Any], observed: dict[ChildKey, dict[str, Any]]
@@ -184,9 +259,15 @@ class ModelDeploymentReconciler:
                 metrics.ROLLOUTS.labels(result=ROLLOUT_ENDS[e.reason]).inc()
 
     async def _verify(
-        self, owner: builders.Owner, spec: ModelDeploymentSpec, pods: list[dict[str, Any]]
+        self,
+        owner: builders.Owner,
+        spec: ModelDeploymentSpec,
+        pods: list[dict[str, Any]],
+        suites: dict[str, smoke.Suite],
+        held: bool = False,
     ) -> None:
-        """Smoke-test every pod that is up and not yet judged, concurrently; set its readiness gate."""
+        """Smoke-test every pod that is up and not yet judged, concurrently; set its readiness gate.
+        ``held``: a smoke test cannot run (an invalid suite): no pod is judged, verdicts are kept."""
         live = {p["metadata"].get("uid") for p in pods}
         # Verdicts of this deployment's pods that are gone are dropped (memory stays bounded).
         mine = {uid for uid, v in self.verdicts.items() if v.get("owner") == (owner.namespace, owner.name)}
@@ -204,12 +285,18 @@ class ModelDeploymentReconciler:
                             owner.namespace, pod["metadata"]["name"], known["condition"]
                         )
                     )
-            elif needs_smoke_test(pod):
-                todo.append(self._smoke(owner, spec, pod))
+            elif needs_smoke_test(pod) and not held:
+                todo.append(self._smoke(owner, spec, pod, suites))
         if todo:
             await asyncio.gather(*todo)
 
-    async def _smoke(self, owner: builders.Owner, spec: ModelDeploymentSpec, pod: dict[str, Any]) -> None:
+    async def _smoke(
+        self,
+        owner: builders.Owner,
+        spec: ModelDeploymentSpec,
+        pod: dict[str, Any],
+        suites: dict[str, smoke.Suite],
+    ) -> None:
         base_url = f"http://{pod['status']['podIP']}:{runtime.PORT}"
         revisions = plan.pod_template_key(pod) or {}
         results = []
@@ -221,15 +308,20 @@ class ModelDeploymentReconciler:
                 adapter.name,
                 adapter.smoke_test,
                 self.settings.smoke_test_timeout,
+                suites.get(adapter.name),
             )
             results.append(r)
             if not r.ok:
                 break
         ok = all(r.ok for r in results)
         described = ", ".join(f"{k}={v}" for k, v in sorted(revisions.items()))
-        message = (
-            f"smoke tests passed ({described})" if ok else next(r.message for r in results if not r.ok)
-        )[:1000]
+        passed = "; ".join(
+            [
+                f"smoke tests passed ({described})",
+                *(f"{a.name}: {r.suite}" for a, r in zip(spec.adapters, results, strict=False) if r.suite),
+            ]
+        )
+        message = (passed if ok else next(r.message for r in results if not r.ok))[:1000]
         condition = {
             "type": builders.VERIFIED_CONDITION,
             "status": "True" if ok else "False",
@@ -255,6 +347,12 @@ class ModelDeploymentReconciler:
                 f"pod {pod['metadata']['name']}: {message}",
             )
 
+    def suite_invalid(self, key: Key) -> bool:
+        """Whether a smoke-test suite of this ModelDeployment was unusable at its last reconcile."""
+        return any(isinstance(r, resolve.Problem) for _, r in self.suites.get(key, {}).values())
+
     def forget(self, key: Key) -> None:
         self.status_writes.pop(key, None)
         self.monitoring_unavailable.pop(key, None)
+        self.suites.pop(key, None)
+        self.held_at.pop(key, None)

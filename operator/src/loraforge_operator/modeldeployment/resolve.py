@@ -112,16 +112,6 @@ def resolve(
             )
             continue
         by_rev = {_published(f)["revision"]: f for f in same_base}  # type: ignore[index]
-        if src.revision is not None:
-            ftj = by_rev.get(src.revision)
-            if ftj is None:
-                known = ", ".join(sorted(by_rev, key=_rev_number))
-                out.problems[adapter.name] = Problem(
-                    "RevisionNotFound", f'adapter "{lineage}" has no revision {src.revision} (it has {known})'
-                )
-            else:
-                out.revisions[adapter.name] = _revision(adapter, ftj)
-            continue
         promotable = sorted(
             (
                 r
@@ -131,6 +121,21 @@ def resolve(
             ),
             key=_rev_number,
         )
+        if src.revision is not None:
+            ftj = by_rev.get(src.revision)
+            if ftj is None:
+                known = ", ".join(sorted(by_rev, key=_rev_number))
+                out.problems[adapter.name] = Problem(
+                    "RevisionNotFound", f'adapter "{lineage}" has no revision {src.revision} (it has {known})'
+                )
+            else:
+                out.revisions[adapter.name] = _revision(adapter, ftj)
+            # Under Manual promotion the pin is the approval: a newer passing revision waits for the next.
+            if spec.promotion.policy == "Manual" and promotable:
+                out.available[adapter.name] = promotable[-1]
+                if _rev_number(promotable[-1]) > _rev_number(src.revision):
+                    out.pending[adapter.name] = promotable[-1]
+            continue
         if promotable:
             out.available[adapter.name] = promotable[-1]
         if spec.promotion.policy == "Manual":
