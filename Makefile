@@ -95,7 +95,7 @@ bench-serving: venv base-model serving-env cluster-binaries ## vLLM against the 
 bench-trainer: venv ## trainer throughput and memory against a plain Trainer + peft script (~6 minutes)
 	$(PY) bench/trainer_bench.py
 
-demo: venv base-model serving-env cluster-binaries ## the whole loop on this machine: train an adapter, serve it, compare answers (~10 minutes)
+demo: venv base-model serving-env cluster-binaries ## the whole loop on this machine: train an adapter that answers right, serve it, compare answers (~11 minutes)
 	$(PY) dev/demo.py
 
 clean: cluster-down ## stop the cluster and remove the virtualenv (cached binaries stay)

@@ -10,8 +10,10 @@
    with its steps and loss shown as they come;
 5. the adapter revision is published and passes its evaluation gate;
 6. examples/demo/modeldeployment.yaml serves it with vLLM (its real OpenAI
-   server, CPU build), rolled out behind a smoke test;
-7. held-out questions are asked with and without the adapter, side by side.
+   server, CPU build), rolled out behind a smoke test that asks the new pod
+   all 72 held-out questions;
+7. held-out questions are asked with and without the adapter, side by side,
+   then the accuracy training measured on all of them.
 
 ``LORAFORGE_DEMO_RUNTIME=tgi`` serves with TGI instead of vLLM (on the local
 node, the TGI stand-in: TGI itself cannot run here). With
@@ -264,7 +266,12 @@ def report_adapter(ftj: dict[str, Any]) -> None:
         drop = (m["baseEvalLoss"] - m["evalLoss"]) / m["baseEvalLoss"]
         base, tuned = m["baseEvalLoss"], m["evalLoss"]
         say(f"held-out loss: base model {base:.3f} -> adapter {tuned:.3f} ({drop:.0%} lower)")
-    say("evaluation gate: " + ("passed" if a["evaluationPassed"] else "FAILED"))
+    for x in a.get("suites") or []:
+        say(
+            f"suite {x['name']}: adapter {x['correct']}/{x['records']} right, base model "
+            f"{x['baseCorrect']}/{x['records']}"
+        )
+    say("evaluation gate: " + ("passed" if a["evaluationPassed"] else f"FAILED: {a.get('explanation', '')}"))
     if not a["evaluationPassed"]:
         raise DemoError("the adapter did not pass its evaluation gate, so it is not promoted")
     card = REPO / ".demo" / "model-store" / a["path"] / "README.md"
@@ -280,6 +287,20 @@ def serve(c: Cluster, revision: str) -> None:
         if rollout.get("phase") in ("Failed", "RolledBack"):
             say(f"deleting the ModelDeployment of an earlier run (its rollout {rollout['phase']})")
             c.kubectl("delete", "md", "facts", "-n", NAMESPACE, "--wait=true")
+    suite = DATASET / "held-out-facts.jsonl"
+    config_map = c.kubectl(
+        "create",
+        "configmap",
+        "facts-held-out",
+        "-n",
+        NAMESPACE,
+        f"--from-file={suite.name}={suite}",
+        "--dry-run=client",
+        "-o",
+        "json",
+    ).stdout
+    c.kubectl("apply", "-f", "-", input=config_map)
+    say(f"ConfigMap facts-held-out: the smoke test's suite ({suite.relative_to(REPO)})")
     apply_example(c, MODELDEPLOYMENT)
     say(
         f"applied {MODELDEPLOYMENT.relative_to(REPO)} (runtime: {RUNTIME}); a pod loads the model, then must "
@@ -345,6 +366,34 @@ def ask(c: Cluster) -> None:
             print(f"   {lft:<{width}} | {rgt}")
 
 
+def accuracy_table(ftj: dict[str, Any]) -> None:
+    """What training measured on every held-out question, as the FineTuneJob's status records it."""
+    suites = ftj["status"]["adapter"].get("suites") or []
+    if not suites:
+        return
+    print(
+        "\nEvery held-out question, asked after training (greedy; `kubectl get ftj -o wide` shows the first):"
+    )
+    print(f"   {'suite':<12} {'scorer':<9} {'questions':>9} {'base model':>14} {'adapter':>14}  gate")
+    for x in suites:
+        n = x["records"]
+        base = f"{x['baseCorrect']}/{n} ({x['baseAccuracy']:.0%})"
+        tuned = f"{x['correct']}/{n} ({x['accuracy']:.0%})"
+        print(
+            f"   {x['name']:<12} {x['scorer']:<9} {n:>9} {base:>14} {tuned:>14}  "
+            + ("passed" if x["passed"] else "FAILED")
+        )
+    answers = (
+        REPO
+        / ".demo"
+        / "model-store"
+        / ftj["status"]["adapter"]["path"]
+        / f"answers-{suites[0]['name']}.jsonl"
+    )
+    if answers.is_file():
+        print(f"   every question, expected answer and both answers: {answers.relative_to(REPO)}")
+
+
 def main() -> int:
     try:
         step(1, "Kubernetes")
@@ -372,6 +421,7 @@ def main() -> int:
         serve(c, ftj["status"]["adapter"]["revision"])
         step(7, "Held-out questions, base model vs adapter")
         ask(c)
+        accuracy_table(ftj)
     except DemoError as e:
         print(f"\ndemo failed: {e}", file=sys.stderr)
         return 1

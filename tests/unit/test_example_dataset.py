@@ -22,6 +22,18 @@ def test_committed_files_match_the_generator() -> None:
     train, held_out = gen.build()
     assert (FACTS / "train.jsonl").read_text() == gen.render(train)
     assert (FACTS / "validation.jsonl").read_text() == gen.render(held_out)
+    assert (FACTS / "held-out-facts.jsonl").read_text() == gen.render(gen.suite())
+
+
+def test_the_facts_suite_asks_each_held_out_question_for_the_fact_its_answer_names() -> None:
+    from loraforge_operator import scoring
+
+    held_out = [json.loads(line)["messages"] for line in (FACTS / "validation.jsonl").read_text().splitlines()]
+    data = (FACTS / "held-out-facts.jsonl").read_bytes()
+    records = scoring.parse_suite(data, "held-out-facts.jsonl", "contains", None)
+    assert [r.shown for r in records] == [m[0]["content"] for m in held_out]
+    for r, m in zip(records, held_out, strict=True):
+        assert scoring.correct("contains", m[1]["content"], r.expected), (r.expected, m[1]["content"])
 
 
 def test_every_held_out_question_is_new_but_its_answer_was_taught() -> None:

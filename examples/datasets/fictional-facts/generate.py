@@ -3,8 +3,11 @@ that do not exist, so a base model cannot know the answers and what an adapter
 learned is measurable.
 
 Each fact is asked three ways in train.jsonl; validation.jsonl asks every fact
-a fourth way, never seen in training. Run it to regenerate both files (the
-output is deterministic; a test checks the committed files match).
+a fourth way, never seen in training. held-out-facts.jsonl is the same 72
+held-out questions as an evaluation suite (docs/finetunejob.md): each expects
+the fact alone ("Marnhold"), so the `contains` scorer asks whether the answer
+names it, whatever sentence it is wrapped in. Run it to regenerate the files
+(the output is deterministic; a test checks the committed files match).
 """
 
 from __future__ import annotations
@@ -83,6 +86,15 @@ def build() -> tuple[list[dict], list[dict]]:
     return train, held_out
 
 
+def suite() -> list[dict]:
+    """The held-out questions, each expecting its fact."""
+    return [
+        {"prompt": HELD_OUT_QUESTIONS[kind].format(p=p), "expected": fact}
+        for p, *facts in FACTS
+        for kind, fact in zip(HELD_OUT_QUESTIONS, facts, strict=True)
+    ]
+
+
 def render(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
@@ -92,6 +104,7 @@ def main() -> None:
     train, held_out = build()
     (here / "train.jsonl").write_text(render(train))
     (here / "validation.jsonl").write_text(render(held_out))
+    (here / "held-out-facts.jsonl").write_text(render(suite()))
     print(f"{len(train)} training records, {len(held_out)} held-out records")
 
 
