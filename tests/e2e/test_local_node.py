@@ -168,21 +168,22 @@ def test_a_finetunejob_trains_for_real_on_the_local_node(kube: Kube, trained: di
     assert metrics["evalLoss"] < metrics["baseEvalLoss"], metrics
     # Evaluation by answers: both suites asked of both models, in status, the manifest and the revision.
     held, escalate = adapter["suites"]
+    asked = len((published / "answers-held-out.jsonl").read_text().splitlines())
+    assert asked == 24, "workloads.model_store keeps 24 of the held-out records"
     assert (held["name"], held["records"], escalate["name"], escalate["records"]) == (
         "held-out",
-        72,
+        24,
         "escalate",
         2,
     )
     assert held["baseCorrect"] <= 3, held  # SmolLM2 cannot know invented facts
-    assert adapter["answers"] == f"held-out {held['correct']}/72 (base {held['baseCorrect']}/72)"
+    assert adapter["answers"] == f"held-out {held['correct']}/24 (base {held['baseCorrect']}/24)"
     assert [s["name"] for s in manifest["evaluation"]["suites"]] == ["held-out", "escalate"]
-    asked = [json.loads(x) for x in (published / "answers-escalate.jsonl").read_text().splitlines()]
-    assert [a["where"] for a in asked] == [
+    escalated = [json.loads(x) for x in (published / "answers-escalate.jsonl").read_text().splitlines()]
+    assert [a["where"] for a in escalated] == [
         "configmap/facts-suite[suite.jsonl]:1",
         "configmap/facts-suite[suite.jsonl]:2",
     ]
-    assert len((published / "answers-held-out.jsonl").read_text().splitlines()) == 72
     wide = kube.kubectl("get", "ftj", "facts", "-n", trained["namespace"], "-o", "wide").stdout
     assert "ANSWERS" in wide.splitlines()[0] and adapter["answers"] in wide, wide
 

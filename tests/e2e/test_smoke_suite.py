@@ -29,7 +29,7 @@ SUITE_CM = {"name": "quiz-suite", "key": "suite.jsonl"}
 
 @pytest.fixture(scope="module")
 def serving_ns(
-    cluster, kube: Kube, operator: OperatorProcess, base_model_dir: Path, tmp_path_factory
+    kube: Kube, operator: OperatorProcess, base_model_dir: Path, tmp_path_factory
 ) -> Iterator[tuple[str, Path]]:
     if not kube.local:
         pytest.skip("runs on the local node with the TGI stand-in")
