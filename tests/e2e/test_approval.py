@@ -40,8 +40,11 @@ def _local_only(kube: Kube) -> None:
         pytest.skip("kwok plays the training container here; a real cluster would run the trainer image")
 
 
-def _publish(kube: Kube, ns: str, name: str, revision: str, tmp_path: Path) -> None:
-    """FineTuneJob ``name`` publishing ``revision`` of adapter `facts`, passing its gate."""
+def _publish(
+    kube: Kube, ns: str, name: str, revision: str, tmp_path: Path, suite: dict[str, Any] | None = None
+) -> None:
+    """FineTuneJob ``name`` publishing ``revision`` of adapter `facts`, passing its gate; with ``suite`` (an
+    evaluation suite's result, as the trainer reports it) failing the gate on that suite's accuracy."""
     spec = {**json.loads(json.dumps(VALID_SPEC)), "adapter": {"name": "facts"}, "podMetadata": HOLD}
     kube.apply(
         {
@@ -75,11 +78,16 @@ def _publish(kube: Kube, ns: str, name: str, revision: str, tmp_path: Path) -> N
         "path": f"adapters/{ns}/facts/{revision}",
         "digest": "sha256:" + revision[1:] * 64,
     }
-    reporter.result(adapter, {"evalLoss": 0.9, "baseEvalLoss": 1.6}, evaluation_passed=True)
+    passed = suite is None or suite["passed"]
+    why = "" if passed else f"suite {suite['name']}: accuracy {suite['accuracy']:.1%} < minAccuracy 90.0%"
+    reporter.result(
+        adapter, {"evalLoss": 0.9, "baseEvalLoss": 1.6}, passed, [suite] if suite else [], why or "all held"
+    )
+    phase = "Succeeded" if passed else "Failed"
     wait_for(
-        lambda: (kube.get("ftj", name, "-n", ns).get("status") or {}).get("phase") == "Succeeded",
+        lambda: (kube.get("ftj", name, "-n", ns).get("status") or {}).get("phase") == phase,
         90,
-        f"FineTuneJob {name} to succeed with {revision}",
+        f"FineTuneJob {name} to end {phase} with {revision}",
     )
 
 
@@ -108,6 +116,27 @@ def test_a_reviewer_approves_v2_with_loraforge_approve_and_status_records_who_an
     with approval_policy(kube, "lf-approval-e2e", namespace):
         _publish(kube, namespace, "facts-1", "v1", tmp_path)
         _publish(kube, namespace, "facts-2", "v2", tmp_path)
+        # v3 lowers the loss further but answers too few questions right: published, failed, never offered.
+        missed = {
+            "name": "facts",
+            "scorer": "contains",
+            "records": 72,
+            "correct": 30,
+            "baseCorrect": 0,
+            "accuracy": 0.4167,
+            "baseAccuracy": 0.0,
+            "passed": False,
+        }
+        _publish(kube, namespace, "facts-3", "v3", tmp_path, suite=missed)
+        failed_ftj = kube.get("ftj", "facts-3", "-n", namespace)
+        failed = failed_ftj["status"]
+        assert (
+            failed["adapter"]["suites"] == [missed]
+            and failed["adapter"]["answers"] == "facts 30/72 (base 0/72)"
+        )
+        gate = _cond(failed_ftj, "Failed")
+        assert gate["reason"] == "EvaluationGateFailed", gate
+        assert "suite facts: accuracy 41.7% < minAccuracy 90.0%" in gate["message"], gate
         kube.apply(
             {
                 "apiVersion": "loraforge.io/v1alpha1",
@@ -129,6 +158,7 @@ def test_a_reviewer_approves_v2_with_loraforge_approve_and_status_records_who_an
             60,
             "v2 to wait for approval",
         )
+        # v2, not the newer v3 that failed its gate.
         assert _adapter(waiting)["available"] == "v2" and "approval" not in _adapter(waiting)
         assert _cond(waiting, "PromotionPending")["reason"] == "ApprovalRequired"
         assert "facts: v2 passed its gate" in _cond(waiting, "PromotionPending")["message"]

@@ -28,7 +28,9 @@ def test_committed_files_match_the_generator() -> None:
 def test_the_facts_suite_asks_each_held_out_question_for_the_fact_its_answer_names() -> None:
     from loraforge_operator import scoring
 
-    held_out = [json.loads(line)["messages"] for line in (FACTS / "validation.jsonl").read_text().splitlines()]
+    held_out = [
+        json.loads(line)["messages"] for line in (FACTS / "validation.jsonl").read_text().splitlines()
+    ]
     data = (FACTS / "held-out-facts.jsonl").read_bytes()
     records = scoring.parse_suite(data, "held-out-facts.jsonl", "contains", None)
     assert [r.shown for r in records] == [m[0]["content"] for m in held_out]
