@@ -246,3 +246,21 @@ def test_no_prefix_is_shared_when_a_trained_token_would_follow_it(tok) -> None:
     # the prompt is shared, but the token after it is trained in every record: the shared part stops before
     for e in same_prompt:
         assert e is not None and all(label == data.IGNORE for label in e.labels[: p + 1])
+
+
+@pytest.mark.parametrize("template", [True, False], ids=["chat template", "no template"])
+def test_a_question_is_rendered_exactly_as_training_rendered_what_precedes_its_answer(tok, template) -> None:
+    """Evaluation by answers asks the model to continue the very text it learned to answer after."""
+    chat = [{"role": "user", "content": "Tell me the capital of Veloria."}]
+    fields = {"instruction": "Tell me the capital of Veloria.", "input": "Briefly.", "output": "Marnhold."}
+    enc = data.Encoder(tok, "instruction", 512)
+    enc.has_template = template  # the same tokenizer, as one without a chat template would render
+    text, spans = enc.text_and_spans(fields)
+    prompt = enc.prompt([{"role": "user", "content": data.Encoder.instruction_prompt(fields)}])
+    assert text.startswith(prompt) and spans[0][0] == len(prompt), (text, prompt)
+    if template:
+        text, spans = data.Encoder(tok, "chat", 512).text_and_spans(
+            {"messages": [*chat, {"role": "assistant", "content": "Marnhold."}]}
+        )
+        prompt = data.Encoder(tok, "chat", 512).prompt(chat)
+        assert text.startswith(prompt) and spans[0][0] == len(prompt)

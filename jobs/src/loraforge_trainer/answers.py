@@ -106,18 +106,6 @@ class SuiteResult:
 # --- questions ---------------------------------------------------------------------------------------------
 
 
-def _render(encoder: data.Encoder, messages: list[dict[str, str]]) -> str:
-    """The prompt the model continues, as training rendered the turns before an answer."""
-    if encoder.has_template:
-        return encoder.tok.apply_chat_template(
-            [{"role": m["role"], "content": m["content"]} for m in messages],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-    text = "\n\n".join(m["content"] for m in messages)
-    return f"### Instruction:\n{text}\n\n### Response:\n" if encoder.fmt == "instruction" else text
-
-
 def from_record(encoder: data.Encoder, record: data.Record) -> Question | None:
     """A held-out dataset record as a question (None for a format with no question: text)."""
     f = record.fields
@@ -128,11 +116,11 @@ def from_record(encoder: data.Encoder, record: data.Record) -> Question | None:
         if not any(m["role"] == "user" for m in before):
             return None
         shown = next(m["content"] for m in reversed(before) if m["role"] == "user")
-        return Question(record.where, _render(encoder, before), shown, messages[last]["content"])
+        return Question(record.where, encoder.prompt(before), shown, messages[last]["content"])
     if encoder.fmt == "instruction":
-        prompt = f["instruction"] + (f"\n\n{f['input']}" if f.get("input") else "")
+        prompt = encoder.instruction_prompt(f)
         return Question(
-            record.where, _render(encoder, [{"role": "user", "content": prompt}]), prompt, f["output"]
+            record.where, encoder.prompt([{"role": "user", "content": prompt}]), prompt, f["output"]
         )
     if encoder.fmt == "completion":
         return Question(record.where, f["prompt"], f["prompt"], f["completion"])
@@ -152,7 +140,7 @@ def read_suite(path: Path, display: str, suite: Suite, encoder: data.Encoder) ->
         records = scoring.parse_suite(raw, display, suite.scorer.type, suite.scorer.pattern)
     except scoring.SuiteError as e:
         raise InvalidInput(SUITE_INVALID, f"{e} (evaluation suite {suite.name})") from None
-    return [Question(r.where, _render(encoder, r.messages), r.shown, r.expected) for r in records]
+    return [Question(r.where, encoder.prompt(r.messages), r.shown, r.expected) for r in records]
 
 
 def questions(
@@ -284,25 +272,6 @@ def evaluate(
                 100 * result.base_accuracy,
             )
     return results
-
-
-def table(results: list[SuiteResult]) -> str:
-    """The suites side by side, as the log and the model card show them (Markdown)."""
-    rows = [
-        "| Suite | Scorer | Questions | Base model | Adapter | Gain | Gate |",
-        "|---|---|---:|---:|---:|---:|---|",
-    ]
-    for r in results:
-        gate = "passed" if not r.gate() else "FAILED"
-        if r.suite.min_accuracy is None and r.suite.min_gain is None:
-            gate = "no threshold"
-        rows.append(
-            f"| {r.suite.name} | {r.suite.scorer.type} | {r.records} | "
-            f"{r.base_correct}/{r.records} ({r.base_accuracy:.0%}) | "
-            f"{r.correct}/{r.records} ({r.accuracy:.0%}) | "
-            f"{100 * r.gain:+.0f} pts | {gate} |"
-        )
-    return "\n".join(rows)
 
 
 def answers_file(result: SuiteResult) -> str:

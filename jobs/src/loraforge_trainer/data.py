@@ -229,18 +229,34 @@ class Encoder:
                 spans.append((start, cursor))
         return text, spans
 
+    @staticmethod
+    def instruction_prompt(fields: dict[str, Any]) -> str:
+        """An instruction record's question: the instruction, then its input."""
+        return fields["instruction"] + (f"\n\n{fields['input']}" if fields.get("input") else "")
+
+    @staticmethod
+    def _instruction_head(prompt: str) -> str:
+        return f"### Instruction:\n{prompt}\n\n### Response:\n"
+
+    def prompt(self, messages: list[dict[str, str]]) -> str:
+        """What the model continues to answer ``messages`` (ending with the user's turn), rendered as
+        training rendered the turns before an answer: the chat template with its generation prompt, else
+        the instruction head (format instruction) or the bare text."""
+        if self.has_template:
+            return self._render([{"role": m["role"], "content": m["content"]} for m in messages], True)
+        text = "\n\n".join(m["content"] for m in messages)
+        return self._instruction_head(text) if self.fmt == "instruction" else text
+
     def text_and_spans(self, fields: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
         if self.fmt == "chat":
             return self._chat(fields["messages"])
         if self.fmt == "instruction":
-            prompt = fields["instruction"]
-            if fields.get("input"):
-                prompt += "\n\n" + fields["input"]
+            prompt = self.instruction_prompt(fields)
             if self.has_template:
                 return self._chat(
                     [{"role": "user", "content": prompt}, {"role": "assistant", "content": fields["output"]}]
                 )
-            head = f"### Instruction:\n{prompt}\n\n### Response:\n"
+            head = self._instruction_head(prompt)
             return head + fields["output"] + self.eos, [
                 (len(head), len(head) + len(fields["output"]) + len(self.eos))
             ]

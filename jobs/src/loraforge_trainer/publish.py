@@ -378,6 +378,22 @@ def _cell(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def suites_table(suites: list[dict[str, Any]]) -> str:
+    """The evaluation suites (as the manifest records them), base model against adapter: a Markdown table for
+    the model card, the trainer's log and TensorBoard."""
+    rows = [
+        "| suite | scorer | questions | base model | adapter | gate |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for x in suites:
+        n = x["records"]
+        rows.append(
+            f"| {x['name']} | {x['scorer']} | {n} | {x['baseCorrect']}/{n} ({x['baseAccuracy']:.0%}) | "
+            f"{x['correct']}/{n} ({x['accuracy']:.0%}) | {'passed' if x['passed'] else 'FAILED'} |"
+        )
+    return "\n".join(rows)
+
+
 def _answers(suites: list[dict[str, Any]]) -> str:
     """The evaluation by answers: accuracy per suite, base against adapter, with right and wrong examples."""
     if not suites:
@@ -386,15 +402,8 @@ def _answers(suites: list[dict[str, Any]]) -> str:
         "",
         "Answers, greedy, base model against adapter (every answer: `answers-<suite>.jsonl` in this folder):",
         "",
-        "| suite | scorer | questions | base model | adapter | gate |",
-        "| --- | --- | ---: | ---: | ---: | --- |",
+        suites_table(suites),
     ]
-    for x in suites:
-        n = x["records"]
-        out.append(
-            f"| {x['name']} | {x['scorer']} | {n} | {x['baseCorrect']}/{n} ({x['baseAccuracy']:.0%}) | "
-            f"{x['correct']}/{n} ({x['accuracy']:.0%}) | {'passed' if x['passed'] else 'FAILED'} |"
-        )
     for x in suites:
         for kind in ("right", "wrong"):
             examples = (x.get("examples") or {}).get(kind) or []

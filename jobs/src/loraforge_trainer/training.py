@@ -549,6 +549,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
     suites = answers.evaluate(
         peft_model, tokenizer, prepared["suites"], cfg.evaluation.generation_batch_size, dist
     )
+    summaries = [r.summary() for r in suites]
     if tb is not None:
         if eval_loss is not None:
             tb.add_scalar("eval/loss", eval_loss, state.global_step)
@@ -556,7 +557,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
             tb.add_scalar(f"eval/accuracy/{r.suite.name}", r.accuracy, state.global_step)
             tb.add_scalar(f"eval/base_accuracy/{r.suite.name}", r.base_accuracy, state.global_step)
         if suites:
-            tb.add_text("eval/answers", answers.table(suites), state.global_step)
+            tb.add_text("eval/answers", publish.suites_table(summaries), state.global_step)
         tb.close()
 
     metrics: dict[str, float] = {"trainLoss": float(output.training_loss)}
@@ -576,7 +577,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
         return publish.Published(cfg.adapter_name, "", adapter_dir, "", {})
 
     if suites:
-        log.info("answers, base model against adapter:\n%s", answers.table(suites))
+        log.info("answers, base model against adapter:\n%s", publish.suites_table(summaries))
     log.info(
         "evaluation: %s; gate %s: %s",
         ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
@@ -593,7 +594,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
             "gate": cfg.evaluation.model_dump(by_alias=True, exclude_none=True),
             "passed": passed,
             "explanation": explanation,
-            "suites": [r.summary() for r in suites],
+            "suites": summaries,
         },
         "steps": state.global_step,
         "epochs": round(state.epoch or 0.0, 4),
