@@ -166,7 +166,8 @@ def test_answer_suites_are_asked_of_both_models_scored_recorded_and_gated(train,
     assert suite_answers[1]["question"] == "Capital of Brisca?"
     assert len(held["examples"]["wrong"]) == 3 and held["examples"]["right"] == []
     card = (rev / "README.md").read_text()
-    assert "| held-out | contains | 72 | 0/72 (0%) | 0/72 (0%) | FAILED |" in card, card
+    assert "| held-out | contains | 72 | 0/72 (0%) | 0/72 (0%) | FAILED (minAccuracy 0.5) |" in card, card
+    assert "| anything | regex | 2 | 1/2 (50%) | 1/2 (50%) | recorded (no threshold) |" in card, card
     assert "Suite held-out, answered wrong:" in card and "What is the capital of Veloria?" in card
     publish.verify(rev)  # the answers files are part of the revision, digests and all
     assert "answers, base model against adapter:" in r.output

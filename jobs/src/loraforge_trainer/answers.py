@@ -87,6 +87,7 @@ class SuiteResult:
 
     def summary(self) -> dict[str, Any]:
         """What the manifest, the result and FineTuneJob status record of the suite."""
+        s = self.suite
         right = [a for a in self.answers if a["adapterCorrect"]][:EXAMPLES]
         wrong = [a for a in self.answers if not a["adapterCorrect"]][:EXAMPLES]
         return {
@@ -98,6 +99,7 @@ class SuiteResult:
             "accuracy": round(self.accuracy, 4),
             "baseAccuracy": round(self.base_accuracy, 4),
             "passed": not self.gate(),
+            **{k: v for k, v in (("minAccuracy", s.min_accuracy), ("minGain", s.min_gain)) if v is not None},
             "seconds": round(self.seconds, 1),
             "examples": {"right": right, "wrong": wrong},
         }

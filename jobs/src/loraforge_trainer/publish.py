@@ -389,9 +389,16 @@ def suites_table(suites: list[dict[str, Any]]) -> str:
         n = x["records"]
         rows.append(
             f"| {x['name']} | {x['scorer']} | {n} | {x['baseCorrect']}/{n} ({x['baseAccuracy']:.0%}) | "
-            f"{x['correct']}/{n} ({x['accuracy']:.0%}) | {'passed' if x['passed'] else 'FAILED'} |"
+            f"{x['correct']}/{n} ({x['accuracy']:.0%}) | {_verdict(x)} |"
         )
     return "\n".join(rows)
+
+
+def _verdict(suite: dict[str, Any]) -> str:
+    thresholds = [f"{k} {suite[k]}" for k in ("minAccuracy", "minGain") if k in suite]
+    if not thresholds:
+        return "recorded (no threshold)"
+    return f"{'passed' if suite['passed'] else 'FAILED'} ({', '.join(thresholds)})"
 
 
 def _answers(suites: list[dict[str, Any]]) -> str:
