@@ -41,12 +41,8 @@ class SuiteInvalid(ValueError):
     """The suite cannot be used: a spec problem (configmap/name[key]:line: why), not a pod's failure."""
 
 
-@dataclass(frozen=True)
-class Question:
-    where: str  # configmap/name[key]:line
-    messages: list[dict[str, str]]  # the chat, ending with the user's turn
-    shown: str  # the question as a person reads it (the last user turn)
-    expected: str  # expected answer, or the pattern of a regex scorer
+# A question of a suite: file:line, the chat to answer, the expected answer (or pattern).
+Question = scoring.SuiteRecord
 
 
 @dataclass
@@ -75,10 +71,9 @@ def parse_suite(text: bytes | str, spec: SmokeTestSuite) -> list[Question]:
     SuiteInvalid naming configmap/name[key]:line."""
     data = text.encode("utf-8") if isinstance(text, str) else text
     try:
-        records = scoring.parse_suite(data, suite_source(spec), spec.scorer.type, spec.scorer.pattern)
+        return scoring.parse_suite(data, suite_source(spec), spec.scorer.type, spec.scorer.pattern)
     except scoring.SuiteError as e:
         raise SuiteInvalid(str(e)) from None
-    return [Question(r.where, r.messages, r.shown, r.expected) for r in records]
 
 
 def suite_from_configmap(config_map: dict[str, Any] | None, spec: SmokeTestSuite) -> Suite:
