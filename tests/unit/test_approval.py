@@ -14,6 +14,10 @@ from pydantic import ValidationError
 from loraforge_operator import cli
 from loraforge_operator.modeldeployment import plan, resolve
 from loraforge_operator.modeldeployment.model import ModelDeploymentSpec
+from tests.statuses import checked_statuses  # noqa: F401 (a fixture)
+
+# Every status computed here parses in its status model and speaks its kind's vocabulary.
+pytestmark = pytest.mark.usefixtures("checked_statuses")
 
 BASE = {"path": "base/smollm2"}
 T0 = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)

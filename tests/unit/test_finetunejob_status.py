@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from loraforge_operator.finetunejob import contract, status
+from tests.statuses import checked_statuses  # noqa: F401 (a fixture)
+
+# Every status computed here parses in its status model and speaks its kind's vocabulary.
+pytestmark = pytest.mark.usefixtures("checked_statuses")
 
 
 def _job(**st) -> dict:

@@ -10,9 +10,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from loraforge_operator.modeldeployment import builders, plan, resolve, runtime
+from loraforge_operator.modeldeployment import builders, plan, reconcile, resolve, runtime
 from loraforge_operator.modeldeployment.model import ModelDeploymentSpec, ServingRevision
 from loraforge_operator.settings import Settings
+from tests.statuses import check_modeldeployment_status, checked_statuses  # noqa: F401 (a fixture)
+
+# Every status computed here parses in its status model and speaks its kind's vocabulary.
+pytestmark = pytest.mark.usefixtures("checked_statuses")
 
 BASE = {"path": "base/smollm2"}
 NOW = dt.datetime(2026, 11, 22, 12, 0, 0, tzinfo=dt.UTC)
@@ -43,38 +47,57 @@ def ftj(name: str, revision: str | None, passed: bool = True, base: dict | None 
 # --- the API model ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("body", "message"),
-    [
-        ({"adapters": [{"name": "a", "from": {"adapter": "a", "path": "x/y"}}]}, "exactly one of from"),
-        ({"adapters": [{"name": "a", "from": {"fineTuneJob": "f", "revision": "v2"}}]}, "pins a revision"),
-        ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2, "cpuUtilization": 80}}, "minReplicas must be"),
-        ({"autoscaling": {"maxReplicas": 2}}, "queueSizeTarget"),
-        ({"replicas": 2, "autoscaling": {"maxReplicas": 2, "cpuUtilization": 50}}, "either replicas"),
-        ({"adapters": []}, "at least 1"),
-        ({"resources": {"gpuResourceName": "0/."}}, "should match pattern"),
-        (
-            {"resources": {"gpuResourceName": "example.kubernetes.io/gpu"}},
-            "must be an extended resource name",
-        ),
-        ({"resources": {"nodeSelector": {"bad key": "x"}}}, "resources.nodeSelector keys must be label keys"),
-        ({"resources": {"nodeSelector": {"gpu": "bad value"}}}, "should match pattern"),
-        ({"service": {"annotations": {"a/b/c": "x"}}}, "service.annotations keys must be annotation keys"),
-        (
-            {"monitoring": {"labels": {"Example.com/release": "x"}}},
-            "monitoring.labels keys must be label keys",
-        ),
-        ({"monitoring": {"labels": {"release": "-prom"}}}, "should match pattern"),
-        (
-            {"resources": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]}},
-            "operator Exists takes no value",
-        ),
-    ],
-)
+# Specs the model refuses, each with the text its message must hold.
+INVALID_SPECS = [
+    ({"adapters": [{"name": "a", "from": {"adapter": "a", "path": "x/y"}}]}, "exactly one of from"),
+    ({"adapters": [{"name": "a", "from": {"fineTuneJob": "f", "revision": "v2"}}]}, "pins a revision"),
+    ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2, "cpuUtilization": 80}}, "minReplicas must be"),
+    ({"autoscaling": {"maxReplicas": 2}}, "queueSizeTarget"),
+    ({"replicas": 2, "autoscaling": {"maxReplicas": 2, "cpuUtilization": 50}}, "either replicas"),
+    ({"adapters": []}, "at least 1"),
+    ({"resources": {"gpuResourceName": "0/."}}, "should match pattern"),
+    (
+        {"resources": {"gpuResourceName": "example.kubernetes.io/gpu"}},
+        "must be an extended resource name",
+    ),
+    ({"resources": {"nodeSelector": {"bad key": "x"}}}, "resources.nodeSelector keys must be label keys"),
+    ({"resources": {"nodeSelector": {"gpu": "bad value"}}}, "should match pattern"),
+    ({"service": {"annotations": {"a/b/c": "x"}}}, "service.annotations keys must be annotation keys"),
+    (
+        {"monitoring": {"labels": {"Example.com/release": "x"}}},
+        "monitoring.labels keys must be label keys",
+    ),
+    ({"monitoring": {"labels": {"release": "-prom"}}}, "should match pattern"),
+    (
+        {"resources": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]}},
+        "operator Exists takes no value",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), INVALID_SPECS)
 def test_invalid_specs_are_refused_naming_the_rule(body: dict, message: str) -> None:
     full = {"baseModel": BASE, "adapters": [{"name": "a", "from": {"adapter": "a"}}], **body}
     with pytest.raises(ValidationError, match=message):
         ModelDeploymentSpec.model_validate(full)
+
+
+@pytest.mark.parametrize(("body", "message"), INVALID_SPECS)
+def test_an_invalid_spec_degrades_with_spec_invalid_in_a_status_the_model_accepts(
+    body: dict, message: str
+) -> None:
+    full = {"baseModel": BASE, "adapters": [{"name": "a", "from": {"adapter": "a"}}], **body}
+    with pytest.raises(ValidationError) as e:
+        ModelDeploymentSpec.model_validate(full)
+    rec = reconcile.ModelDeploymentReconciler(kube=None, settings=Settings(), post_event=print)  # type: ignore[arg-type]
+    served = step(spec(), {}, [ftj("f1", "v1")], None, []).status  # a status from before the spec broke
+    for old in ({}, served):
+        st = rec._invalid(old, 2, reconcile._spec_error(e.value))
+        check_modeldeployment_status(st)
+        degraded = next(c for c in st["conditions"] if c["type"] == "Degraded")
+        assert (degraded["status"], degraded["reason"], st["phase"]) == ("True", "SpecInvalid", "Degraded")
+        assert "spec." in degraded["message"]
+        assert [c["type"] for c in st["conditions"]].count("Degraded") == 1
 
 
 # --- builders -------------------------------------------------------------------------------
@@ -264,6 +287,32 @@ def test_a_new_revision_rolls_out_completes_and_a_failing_one_rolls_back() -> No
     assert rolled["RolledBack"]["status"] == "True" and rolled["Degraded"]["status"] == "True"
     p4 = step(s, p3.status, jobs, deployment({"facts": "v1"}), [])
     assert p4.template["facts"].revision == "v1" and p4.events == []
+
+
+def test_why_a_rollout_failed_is_known_where_it_failed_not_guessed_from_the_message() -> None:
+    """A failed readiness gate is a failed smoke test whatever its message says; a pod that keeps crashing is
+    PodsFailing even when its log mentions smoke tests."""
+    s = spec(replicas=1)
+    done = step(s, {}, [ftj("f1", "v1")], None, []).status
+    done = step(s, done, [ftj("f1", "v1")], deployment({"facts": "v1"}, 1, 1, 1, 1), []).status
+    jobs = [ftj("f1", "v1"), ftj("f2", "v2")]
+    started = step(s, done, jobs, deployment({"facts": "v1"}, 1, 1, 1, 1), []).status
+    new = deployment({"facts": "v2"}, replicas=1, ready=1, updated=1, total=2)
+    wrong = pod({"facts": "v2"}, "False", "adapter facts: answer lacks 'Paris': 'Lyon'")
+    crashing = pod({"facts": "v2"})
+    crashing["status"]["containerStatuses"] = [
+        {
+            "name": "tgi",
+            "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"message": "loading the smoke-test adapter: CUDA out of memory"}},
+        }
+    ]
+    for failing, reason in ((wrong, "SmokeTestFailed"), (crashing, "PodsFailing")):
+        p = step(s, started, jobs, new, [failing])
+        assert p.status["rollout"]["phase"] == "RolledBack" and p.status["rollout"]["reason"] == reason
+        conds = {c["type"]: c for c in p.status["conditions"]}
+        assert conds["RolledBack"]["reason"] == conds["Degraded"]["reason"] == reason
 
 
 def test_a_rollout_past_its_deadline_is_rolled_back() -> None:

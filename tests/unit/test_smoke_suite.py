@@ -21,6 +21,10 @@ from pydantic import ValidationError
 from loraforge_operator.modeldeployment import builders, plan, reconcile, resolve, runtime, smoke
 from loraforge_operator.modeldeployment.model import ModelDeploymentSpec, SmokeTest, SmokeTestSuite
 from loraforge_operator.settings import Settings
+from tests.statuses import checked_statuses  # noqa: F401 (a fixture)
+
+# Every status computed here parses in its status model and speaks its kind's vocabulary.
+pytestmark = pytest.mark.usefixtures("checked_statuses")
 
 CM = {"name": "facts-suite", "key": "questions.jsonl"}
 WHERE = "configmap/facts-suite[questions.jsonl]"

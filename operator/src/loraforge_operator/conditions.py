@@ -3,6 +3,11 @@
 A list-map keyed by `type`; `lastTransitionTime` changes only when `status`
 does, so re-computing identical conditions produces an identical status (and
 therefore no write).
+
+Each kind names its condition types and reasons in its own vocabulary
+(``finetunejob/vocabulary.py``, ``modeldeployment/vocabulary.py``); what both
+share is here: the spec-invalid reason, the reasons' old spellings still read
+on objects written before, and the Event types.
 """
 
 from __future__ import annotations
@@ -13,6 +18,32 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from .schema import ApiModel
+
+# The reason of a spec the operator cannot use, for both kinds (Degraded of a ModelDeployment; Accepted=False
+# and Failed of a FineTuneJob).
+SPEC_INVALID = "SpecInvalid"
+# Old spelling -> the reason as written now. FineTuneJobs written before the spelling was one said
+# InvalidSpec; whatever reads an existing object's reasons reads them through ``canonical_reason``.
+REASON_ALIASES = {"InvalidSpec": SPEC_INVALID}
+
+
+def canonical_reason(reason: str) -> str:
+    """``reason`` as the operator spells it now (an old spelling read from an existing object, translated)."""
+    return REASON_ALIASES.get(reason, reason)
+
+
+class EventType:
+    """The type of a Kubernetes Event."""
+
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+def words(vocabulary: type) -> frozenset[str]:
+    """The values of a class of constants (its UPPER_CASE string attributes)."""
+    return frozenset(
+        v for k, v in vars(vocabulary).items() if k.isupper() and not k.startswith("_") and isinstance(v, str)
+    )
 
 
 class Condition(ApiModel):

@@ -15,28 +15,9 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
-from . import metrics
+from . import api, metrics
 
 log = logging.getLogger(__name__)
-
-# apiVersion -> URL prefix; kind -> plural. Only what the operator writes.
-_PREFIX = {"v1": "/api/v1"}
-_PLURAL = {
-    "ConfigMap": "configmaps",
-    "ServiceAccount": "serviceaccounts",
-    "Service": "services",
-    "Role": "roles",
-    "RoleBinding": "rolebindings",
-    "Job": "jobs",
-    "FineTuneJob": "finetunejobs",
-    "Deployment": "deployments",
-    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-    "PodDisruptionBudget": "poddisruptionbudgets",
-    "ModelDeployment": "modeldeployments",
-    "Pod": "pods",
-    "ServiceMonitor": "servicemonitors",
-}
-
 
 # A call refused with Retry-After (429 from API priority and fairness, or a 5xx
 # that names one) is sent again after that long, this many times in all, before
@@ -58,8 +39,10 @@ def retry_after(error: Exception) -> float | None:
 
 
 def _path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
-    prefix = _PREFIX.get(api_version, f"/apis/{api_version}")
-    path = f"{prefix}/namespaces/{namespace}/{_PLURAL[kind]}"
+    resource = api.RESOURCES[kind]
+    if resource.api_version != api_version:
+        raise ValueError(f"{kind} is served as {resource.api_version}, not {api_version}")
+    path = resource.collection(namespace)
     return f"{path}/{name}" if name else path
 
 

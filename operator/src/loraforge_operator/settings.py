@@ -39,6 +39,8 @@ class Settings:
     rendezvous_port: int = 29500
     # Seconds a watch request lasts before the API server ends it and kopf re-watches.
     watch_timeout: int = 300
+    # Objects of one kind reconciled at once (the rest wait in the loop's queue; see loop.py).
+    workers: int = 32
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -61,6 +63,7 @@ class Settings:
             metrics_port=int(e.get("LORAFORGE_METRICS_PORT", d.metrics_port)),
             rendezvous_port=int(e.get("LORAFORGE_RENDEZVOUS_PORT", d.rendezvous_port)),
             watch_timeout=int(e.get("LORAFORGE_WATCH_TIMEOUT", d.watch_timeout)),
+            workers=int(e.get("LORAFORGE_WORKERS", d.workers)),
         )
 
 

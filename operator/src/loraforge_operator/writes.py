@@ -4,12 +4,14 @@ status is current when the watch lags behind our last status write."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from .kube import Kube
+from .packed import Packed
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ class WriteMemo:
     reconcile that runs before the watch has delivered our own write neither
     sends it again nor mistakes the stale copy for the truth."""
 
-    _last: dict[Any, tuple[str, str | None, dict[str, Any]]] = field(default_factory=dict)
+    # key -> (the payload's digest, the resourceVersion it was applied over, the server's answer, packed)
+    _last: dict[Any, tuple[bytes, str | None, Packed]] = field(default_factory=dict)
 
     def answer_to(self, key: Any, payload: Any, observed_rv: str | None) -> dict[str, Any] | None:
         """The server's answer if ``payload`` was already applied over the object
@@ -48,17 +51,21 @@ class WriteMemo:
         if last[1] != observed_rv:
             del self._last[key]
             return None
-        return last[2] if last[0] == json.dumps(payload, sort_keys=True) else None
+        return last[2].unpack() if last[0] == _digest(payload) else None
 
     def sent(self, key: Any, payload: Any, observed_rv: str | None, answer: dict[str, Any]) -> None:
-        self._last[key] = (json.dumps(payload, sort_keys=True), observed_rv, answer)
+        self._last[key] = (_digest(payload), observed_rv, Packed(answer))
 
     def discard(self, key: Any) -> None:
         self._last.pop(key, None)
 
     def answers(self) -> dict[Any, dict[str, Any]]:
         """The server's last answer per object written (for objects no watch delivers)."""
-        return {key: last[2] for key, last in self._last.items()}
+        return {key: last[2].unpack() for key, last in self._last.items()}
+
+
+def _digest(payload: Any) -> bytes:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).digest()
 
 
 def rv(obj: dict[str, Any] | None) -> str | None:
@@ -82,6 +89,11 @@ class StatusWrite:
         if previous is not None and rv(body) in previous.stale_versions:
             return previous.status
         return body.get("status") or {}
+
+    @staticmethod
+    def caught_up(previous: StatusWrite | None, body: dict[str, Any]) -> bool:
+        """The watch shows our last status write or something newer: the record has served its purpose."""
+        return previous is not None and rv(body) not in previous.stale_versions
 
     @staticmethod
     def after(

@@ -16,9 +16,10 @@ from pydantic import ValidationError
 
 from .. import api
 from ..kube import Kube
+from ..packed import Packed
 from ..settings import Settings
 from ..writes import ChildKey, StatusWrite, WriteMemo, ensure_child
-from . import builders, contract, status
+from . import builders, contract, status, vocabulary
 from .model import FineTuneJobSpec
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,16 @@ def _pod_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
         if st.get("phase") not in (None, "Pending"):
             continue
         for cond in st.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
+            if (
+                cond.get("type") == vocabulary.POD_SCHEDULED
+                and cond.get("status") == "False"
+                and cond.get("reason")
+            ):
                 return cond["reason"], cond.get("message") or ""
         for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
             waiting = (cs.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
-            if reason in status.STUCK_CONTAINER_REASONS:
+            if reason in vocabulary.STUCK_CONTAINER_REASONS:
                 return reason, f"container {cs.get('name')}: {waiting.get('message') or reason}"
     return None
 
@@ -68,8 +73,8 @@ class Reconciler:
     post_event: Callable[[dict[str, Any], str, str, str], None]
     memo: WriteMemo = field(default_factory=WriteMemo)
     status_writes: dict[Key, StatusWrite] = field(default_factory=dict)
-    # Per FineTuneJob: (uid, generation, the children to apply or the spec's validation error).
-    built: dict[Key, tuple[str, int, list[dict[str, Any]] | str]] = field(default_factory=dict)
+    # Per FineTuneJob: (uid, generation, the children to apply (packed) or the spec's validation error).
+    built: dict[Key, tuple[str, int, Packed | str]] = field(default_factory=dict)
 
     async def reconcile(
         self, body: dict[str, Any], observed: dict[ChildKey, dict[str, Any]]
@@ -112,6 +117,8 @@ class Reconciler:
             self.status_writes[(ns, name)] = StatusWrite.after(previous, body, new_status, updated)
             for t in transitions:
                 self.post_event(body, t.type, t.reason, t.message)
+        elif StatusWrite.caught_up(previous, body):
+            del self.status_writes[(ns, name)]  # memory stays bounded with many FineTuneJobs
         return new_status
 
     def _desired(self, owner: builders.Owner, body: dict[str, Any], generation: int) -> list[dict] | str:
@@ -120,7 +127,7 @@ class Reconciler:
         key = (owner.namespace, owner.name)
         cached = self.built.get(key)
         if cached is not None and cached[:2] == (owner.uid, generation):
-            return cached[2]
+            return cached[2] if isinstance(cached[2], str) else cached[2].unpack()
         try:
             spec = FineTuneJobSpec.model_validate(body.get("spec") or {})
         except ValidationError as e:
@@ -129,7 +136,7 @@ class Reconciler:
             )[:2000]
         else:
             desired = builders.children(owner, spec, self.settings)
-        self.built[key] = (owner.uid, generation, desired)
+        self.built[key] = (owner.uid, generation, desired if isinstance(desired, str) else Packed(desired))
         return desired
 
     def forget(self, key: Key) -> None:
@@ -137,7 +144,7 @@ class Reconciler:
         self.status_writes.pop(key, None)
         _, _, desired = self.built.pop(key, (None, None, ""))
         if not isinstance(desired, str):  # only valid specs had children applied
-            for m in desired:
+            for m in desired.unpack():
                 self.memo.discard((m["kind"], m["metadata"]["namespace"], m["metadata"]["name"]))
 
     async def _ensure(self, manifest: dict[str, Any], observed: dict[ChildKey, dict[str, Any]]) -> None:

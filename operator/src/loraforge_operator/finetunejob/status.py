@@ -13,25 +13,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..conditions import merge_conditions
-from . import contract
+from ..conditions import EventType, canonical_reason, merge_conditions
+from . import contract, vocabulary
 from .model import SuiteResult
 
-# Reasons, CamelCase, documented in docs/operations.md (troubleshooting by reason).
-ACCEPTED = "Accepted"
-INVALID_SPEC = "InvalidSpec"
-JOB_CREATED = "JobCreated"
-PODS_RUNNING = "TrainingRunning"
-PENDING = "WaitingForPods"
-SUSPENDED = "Suspended"
-NOT_SUSPENDED = "NotSuspended"
-ADAPTER_PUBLISHED = "AdapterPublished"
-GATE_PASSED = "EvaluationGatePassed"
-GATE_FAILED = "EvaluationGateFailed"
-NO_RESULT = "NoResultReported"
-DEADLINE = "DeadlineExceeded"
-BACKOFF = "BackoffLimitExceeded"
-TRAINER_FAILED = "TrainerFailed"
+# Reasons and condition types: vocabulary.py (documented in docs/finetunejob.md, "Failure reasons").
+T, R = vocabulary.Type, vocabulary.Reason
 
 
 _REASON = re.compile(r"[A-Z][A-Za-z0-9]{0,80}")
@@ -80,7 +67,7 @@ def _job_condition(job: dict[str, Any] | None, ctype: str) -> dict[str, Any] | N
 
 
 def is_failed_job(job: dict[str, Any] | None) -> bool:
-    return _job_condition(job, "Failed") is not None
+    return _job_condition(job, vocabulary.Job.FAILED) is not None
 
 
 def _progress(data: dict[str, str]) -> dict[str, Any] | None:
@@ -149,8 +136,8 @@ def _suite(x: Any) -> dict[str, Any] | None:
 def recorded_failure(old_status: dict[str, Any]) -> tuple[str, str] | None:
     """The (reason, message) of a Failed condition already in the status."""
     for c in old_status.get("conditions") or []:
-        if c.get("type") == "Failed" and c.get("status") == "True":
-            return c.get("reason") or TRAINER_FAILED, c.get("message") or ""
+        if c.get("type") == T.FAILED and c.get("status") == "True":
+            return canonical_reason(c.get("reason") or R.TRAINER_FAILED), c.get("message") or ""
     return None
 
 
@@ -159,7 +146,7 @@ def _failure_detail(obs: Observed) -> tuple[str, str]:
     if obs.recorded_failure:
         return obs.recorded_failure
     failure = _json(obs.progress_data, contract.FAILURE_KEY)
-    job_failed = _job_condition(obs.job, "Failed") or {}
+    job_failed = _job_condition(obs.job, vocabulary.Job.FAILED) or {}
     pod = obs.last_failed_pod or {}
     exit_code = pod.get("exitCode")
     termination = (pod.get("message") or "").strip()
@@ -169,10 +156,11 @@ def _failure_detail(obs: Observed) -> tuple[str, str]:
         message = str(failure.get("message") or termination or "the trainer reported a failure")
     elif said:
         reason, message = said.group(1), said.group(2).strip()
-    elif job_failed.get("reason") == "DeadlineExceeded":
-        reason, message = DEADLINE, "training ran past spec.activeDeadlineSeconds"
+    elif job_failed.get("reason") == vocabulary.Job.DEADLINE_EXCEEDED:
+        reason, message = R.DEADLINE_EXCEEDED, "training ran past spec.activeDeadlineSeconds"
     else:
-        reason = BACKOFF if job_failed.get("reason") == "BackoffLimitExceeded" else TRAINER_FAILED
+        backoff = job_failed.get("reason") == vocabulary.Job.BACKOFF_LIMIT_EXCEEDED
+        reason = R.BACKOFF_LIMIT_EXCEEDED if backoff else R.TRAINER_FAILED
         message = termination or job_failed.get("message") or "the training pod failed"
     if exit_code is not None and f"exit code {exit_code}" not in message:
         message = f"{message} (exit code {exit_code})"
@@ -199,16 +187,16 @@ def compute(old_status: dict[str, Any], obs: Observed) -> tuple[dict[str, Any], 
             status[keep] = old_status[keep]
 
     if obs.spec_error:
-        cond("Accepted", False, INVALID_SPEC, obs.spec_error)
+        cond(T.ACCEPTED, False, R.SPEC_INVALID, obs.spec_error)
         status["phase"] = "Failed"
-        cond("Failed", True, INVALID_SPEC, obs.spec_error)
+        cond(T.FAILED, True, R.SPEC_INVALID, obs.spec_error)
         return _finish(old_status, status, conds)
 
-    cond("Accepted", True, ACCEPTED, "the spec is valid; training resources are created")
+    cond(T.ACCEPTED, True, R.ACCEPTED, "the spec is valid; training resources are created")
     job = obs.job
     if job is None:
         status["phase"] = "Pending"
-        cond("Running", False, PENDING, "creating the training Job")
+        cond(T.RUNNING, False, R.WAITING_FOR_PODS, "creating the training Job")
         return _finish(old_status, status, conds)
 
     status["jobName"] = job["metadata"]["name"]
@@ -222,24 +210,24 @@ def compute(old_status: dict[str, Any], obs: Observed) -> tuple[dict[str, Any], 
     if published:
         status["adapter"] = published
 
-    complete = _job_condition(job, "Complete")
-    failed = _job_condition(job, "Failed")
+    complete = _job_condition(job, vocabulary.Job.COMPLETE)
+    failed = _job_condition(job, vocabulary.Job.FAILED)
     suspended = bool((job.get("spec") or {}).get("suspend"))
 
     if complete:
         status.setdefault("completionTime", js.get("completionTime") or complete.get("lastTransitionTime"))
-        cond("Running", False, "Completed", "training finished")
+        cond(T.RUNNING, False, R.COMPLETED, "training finished")
         if published is None:
             status["phase"] = "Failed"
             msg = f"the trainer exited successfully but reported no adapter in {contract.RESULT_KEY}"
-            cond("Succeeded", False, NO_RESULT, msg)
-            cond("Failed", True, NO_RESULT, msg)
+            cond(T.SUCCEEDED, False, R.NO_RESULT_REPORTED, msg)
+            cond(T.FAILED, True, R.NO_RESULT_REPORTED, msg)
         elif published["evaluationPassed"]:
             status["phase"] = "Succeeded"
             where = f"{published['name']} revision {published['revision']} at {published['path']}"
-            cond("Evaluated", True, GATE_PASSED, f"{where} passed the evaluation gate")
-            cond("Succeeded", True, ADAPTER_PUBLISHED, f"published {where}")
-            cond("Failed", False, ADAPTER_PUBLISHED, "")
+            cond(T.EVALUATED, True, R.EVALUATION_GATE_PASSED, f"{where} passed the evaluation gate")
+            cond(T.SUCCEEDED, True, R.ADAPTER_PUBLISHED, f"published {where}")
+            cond(T.FAILED, False, R.ADAPTER_PUBLISHED, "")
         else:
             status["phase"] = "Failed"
             metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(published["metrics"].items()))
@@ -248,64 +236,58 @@ def compute(old_status: dict[str, Any], obs: Observed) -> tuple[dict[str, Any], 
                 f"revision {published['revision']} did not pass the evaluation gate ({why}); "
                 "it is published but will not be promoted"
             )
-            cond("Evaluated", False, GATE_FAILED, msg)
-            cond("Succeeded", False, GATE_FAILED, msg)
-            cond("Failed", True, GATE_FAILED, msg)
+            cond(T.EVALUATED, False, R.EVALUATION_GATE_FAILED, msg)
+            cond(T.SUCCEEDED, False, R.EVALUATION_GATE_FAILED, msg)
+            cond(T.FAILED, True, R.EVALUATION_GATE_FAILED, msg)
     elif failed:
         status.setdefault("completionTime", failed.get("lastTransitionTime"))
         reason, message = _failure_detail(obs)
         status["phase"] = "Failed"
-        cond("Running", False, reason, message)
-        cond("Succeeded", False, reason, message)
-        cond("Failed", True, reason, message)
+        cond(T.RUNNING, False, reason, message)
+        cond(T.SUCCEEDED, False, reason, message)
+        cond(T.FAILED, True, reason, message)
     elif suspended:
         status["phase"] = "Suspended"
-        cond("Running", False, SUSPENDED, "spec.suspend is true; progress is kept in checkpoints")
-        cond("Suspended", True, SUSPENDED, "spec.suspend is true")
+        cond(T.RUNNING, False, R.SUSPENDED, "spec.suspend is true; progress is kept in checkpoints")
+        cond(T.SUSPENDED, True, R.SUSPENDED, "spec.suspend is true")
     else:
         ready = int(js.get("ready") or 0)
         was_running = any(
-            c.get("type") == "Running" and c.get("status") == "True"
+            c.get("type") == T.RUNNING and c.get("status") == "True"
             for c in old_status.get("conditions") or []
         )
         if ready:
             status["phase"] = "Running"
-            cond("Running", True, PODS_RUNNING, f"{ready} training pod(s) running")
+            cond(T.RUNNING, True, R.TRAINING_RUNNING, f"{ready} training pod(s) running")
         elif was_running:
             # Between a pod's end and the Job's verdict, or between retries.
             status["phase"] = "Running"
             failed_so_far = status["failedAttempts"]
             detail = f"retrying after {failed_so_far} failed attempt(s)" if failed_so_far else "finishing"
-            cond("Running", True, PODS_RUNNING, f"training pods {detail}")
+            cond(T.RUNNING, True, R.TRAINING_RUNNING, f"training pods {detail}")
         elif obs.pod_problem:
             status["phase"] = "Pending"
             reason, message = obs.pod_problem
-            cond("Running", False, reason, f"training pods cannot start: {message}"[:4000])
+            cond(T.RUNNING, False, reason, f"training pods cannot start: {message}"[:4000])
         else:
             status["phase"] = "Pending"
-            cond("Running", False, PENDING, "waiting for the training pods to be scheduled and started")
+            cond(
+                T.RUNNING,
+                False,
+                R.WAITING_FOR_PODS,
+                "waiting for the training pods to be scheduled and started",
+            )
         if old_status.get("phase") == "Suspended" or any(
-            c.get("type") == "Suspended" for c in old_status.get("conditions") or []
+            c.get("type") == T.SUSPENDED for c in old_status.get("conditions") or []
         ):
-            cond("Suspended", False, NOT_SUSPENDED, "resumed")
+            cond(T.SUSPENDED, False, R.NOT_SUSPENDED, "resumed")
     return _finish(old_status, status, conds)
 
 
-_WARNING_WHEN_TRUE = {"Failed"}
-_WARNING_WHEN_FALSE = {"Accepted", "Evaluated"}
-# Container waiting reasons that will not resolve by waiting.
-STUCK_CONTAINER_REASONS = frozenset(
-    {
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "CrashLoopBackOff",
-    }
-)
+_WARNING_WHEN_TRUE = {T.FAILED}
+_WARNING_WHEN_FALSE = {T.ACCEPTED, T.EVALUATED}
 # Running=False for these reasons needs a person (a missing image, no GPU that fits).
-_WARNING_REASONS = STUCK_CONTAINER_REASONS | {"Unschedulable"}
+_WARNING_REASONS = vocabulary.POD_PROBLEM_REASONS
 
 
 def _finish(
@@ -314,7 +296,7 @@ def _finish(
     old_conds = old_status.get("conditions") or []
     status["conditions"] = merge_conditions(old_conds, conds)
     before = {c.get("type"): c.get("status") for c in old_conds}
-    reason_before = {c.get("type"): c.get("reason") for c in old_conds}
+    reason_before = {c.get("type"): canonical_reason(c.get("reason") or "") for c in old_conds}
     transitions = []
     for c in conds:
         stuck = c["reason"] in _WARNING_REASONS
@@ -336,7 +318,9 @@ def _finish(
         )
         transitions.append(
             Transition(
-                "Warning" if warning else "Normal", c["reason"], c["message"] or f"{c['type']}={c['status']}"
+                EventType.WARNING if warning else EventType.NORMAL,
+                c["reason"],
+                c["message"] or f"{c['type']}={c['status']}",
             )
         )
     return status, transitions

@@ -16,11 +16,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..conditions import merge_conditions
-from . import builders, runtime
+from ..conditions import EventType, merge_conditions
+from . import builders, runtime, vocabulary
 from .model import ModelDeploymentSpec, ServedAdapter, ServingRevision
 from .resolve import Problem, Resolution
 
+T, R, E = vocabulary.Type, vocabulary.Reason, vocabulary.EventReason
 CRASH_RESTARTS = 3  # restarts of a new pod's container that count as a failed rollout
 FAILING_WAIT_REASONS = {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError"}
 
@@ -42,6 +43,14 @@ class Observed:
 @dataclass
 class Event:
     type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a rollout fails: the reason (vocabulary.Reason) with the message for people."""
+
     reason: str
     message: str
 
@@ -76,17 +85,22 @@ def pod_condition(pod: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     )
 
 
-def _failing(pod: dict[str, Any]) -> str | None:
-    """Why a new pod counts as failed, if it does."""
+def _failing(pod: dict[str, Any]) -> Failure | None:
+    """Why a new pod counts as failed, if it does: its smoke test failed, or it crashes or cannot start."""
     gate = pod_condition(pod, builders.VERIFIED_CONDITION)
     if gate and gate.get("status") == "False":
-        return f"pod {pod['metadata']['name']}: {gate.get('message') or 'smoke test failed'}"
+        return Failure(
+            R.SMOKE_TEST_FAILED,
+            f"pod {pod['metadata']['name']}: {gate.get('message') or 'smoke test failed'}",
+        )
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if cs.get("restartCount", 0) >= CRASH_RESTARTS or waiting.get("reason") in FAILING_WAIT_REASONS:
             last = ((cs.get("lastState") or {}).get("terminated") or {}).get("message", "")
             detail = waiting.get("message") or last or waiting.get("reason") or "restarting"
-            return f"pod {pod['metadata']['name']} container {cs.get('name')}: {detail}"[:1000]
+            return Failure(
+                R.PODS_FAILING, f"pod {pod['metadata']['name']} container {cs.get('name')}: {detail}"[:1000]
+            )
     return None
 
 
@@ -137,7 +151,9 @@ def approval(
     who = f"approved by {by}" if by else "pinned (from.approvedBy names no one)"
     return (
         {"revision": src.revision, "approvedBy": by, "approvedAt": now},
-        Event("Normal", "RevisionApproved", f"adapter {adapter.name}: revision {src.revision} {who}"),
+        Event(
+            EventType.NORMAL, E.REVISION_APPROVED, f"adapter {adapter.name}: revision {src.revision} {who}"
+        ),
     )
 
 
@@ -190,16 +206,13 @@ def compute(
             not obs.smoke_problems
             and (obs.now - started).total_seconds() > spec.rollout.progress_deadline_seconds
         )
-        if failure or overdue:
-            reason = (
-                "SmokeTestFailed"
-                if failure and "smoke" in failure.lower()
-                else ("PodsFailing" if failure else "ProgressDeadlineExceeded")
-            )
-            message = failure or (
+        if failure is None and overdue:
+            failure = Failure(
+                R.PROGRESS_DEADLINE_EXCEEDED,
                 f"not every replica ran {_describe(key)} and passed its smoke tests within "
-                f"{spec.rollout.progress_deadline_seconds}s"
+                f"{spec.rollout.progress_deadline_seconds}s",
             )
+        if failure is not None:
             changed = {n: v for n, v in key.items() if builders.revisions_key(serving).get(n) != v}
             for name, value in changed.items():
                 rejected.setdefault(name, set()).add(value)
@@ -207,19 +220,19 @@ def compute(
                 template = serving
                 finish(
                     "RolledBack",
-                    reason,
-                    f"{message}; rolled back to {_describe(builders.revisions_key(serving))}",
+                    failure.reason,
+                    f"{failure.message}; rolled back to {_describe(builders.revisions_key(serving))}",
                 )
-                events.append(Event("Warning", "RolledBack", rollout["message"]))
+                events.append(Event(EventType.WARNING, E.ROLLED_BACK, rollout["message"]))
             else:
                 template = full
-                finish("Failed", reason, f"{message}; no earlier revisions to roll back to")
-                events.append(Event("Warning", "RolloutFailed", rollout["message"]))
+                finish("Failed", failure.reason, f"{failure.message}; no earlier revisions to roll back to")
+                events.append(Event(EventType.WARNING, E.ROLLOUT_FAILED, rollout["message"]))
         elif _complete(obs.deployment, key):
             template = full
             serving = full
-            finish("Complete", "RolloutComplete", f"every replica serves {_describe(key)}")
-            events.append(Event("Normal", "RolloutComplete", rollout["message"]))
+            finish("Complete", R.ROLLOUT_COMPLETE, f"every replica serves {_describe(key)}")
+            events.append(Event(EventType.NORMAL, E.ROLLOUT_COMPLETE, rollout["message"]))
         else:
             template = full
     if template is None:
@@ -238,12 +251,12 @@ def compute(
                 "previous": serving_key,
                 "adapters": [r.model_dump(by_alias=True) for _, r in sorted(target.items())],
                 "phase": "Progressing",
-                "reason": "RolloutStarted",
+                "reason": R.ROLLOUT_STARTED,
                 "message": f"rolling to {_describe(target_key)} from {_describe(serving_key)}",
                 "startTime": now,
                 "generation": obs.generation,
             }
-            events.append(Event("Normal", "RolloutStarted", rollout["message"]))
+            events.append(Event(EventType.NORMAL, E.ROLLOUT_STARTED, rollout["message"]))
         elif serving:
             template = serving
         elif not missing and obs.deployment is not None:
@@ -259,7 +272,7 @@ def compute(
     problems = {
         n: p
         for n, p in resolution.problems.items()
-        if not (n in resolution.pending and p.reason == "PromotionPending")
+        if not (n in resolution.pending and p.reason == R.PROMOTION_PENDING)
     }
     problems.update({n: p for n, p in obs.smoke_problems.items() if n not in problems})
     first_problem = next(iter(problems.values()), None)
@@ -271,39 +284,39 @@ def compute(
     ready = bool(serving) and want > 0 and ready_replicas >= want
     conds = [
         {
-            "type": "Ready",
+            "type": T.READY,
             "status": "True" if ready else "False",
-            "reason": "AllReplicasReady"
+            "reason": R.ALL_REPLICAS_READY
             if ready
-            else ("NoServingRevision" if not serving else "ReplicasNotReady"),
+            else (R.NO_SERVING_REVISION if not serving else R.REPLICAS_NOT_READY),
             "message": f"{ready_replicas}/{want} replicas ready, serving "
             f"{_describe(builders.revisions_key(serving))}",
         },
         {
-            "type": "Progressing",
+            "type": T.PROGRESSING,
             "status": "True" if progressing else "False",
-            "reason": (rollout or {}).get("reason") or "NoRollout",
+            "reason": (rollout or {}).get("reason") or R.NO_ROLLOUT,
             "message": (rollout or {}).get("message", ""),
         },
         {
-            "type": "Degraded",
+            "type": T.DEGRADED,
             "status": "True" if first_problem or failure_now else "False",
             "reason": first_problem.reason
             if first_problem
-            else (failure_now or {}).get("reason", "AsExpected"),
+            else (failure_now or {}).get("reason", R.AS_EXPECTED),
             "message": "; ".join(f"{n}: {p.message}" for n, p in problems.items())
             or (failure_now or {}).get("message", ""),
         },
         {
-            "type": "RolledBack",
+            "type": T.ROLLED_BACK,
             "status": "True" if failed and failed.get("phase") == "RolledBack" else "False",
-            "reason": (failed or {}).get("reason") or "NotRolledBack",
+            "reason": (failed or {}).get("reason") or R.NOT_ROLLED_BACK,
             "message": (failed or {}).get("message", ""),
         },
         {
-            "type": "PromotionPending",
+            "type": T.PROMOTION_PENDING,
             "status": "True" if resolution.pending else "False",
-            "reason": "ApprovalRequired" if resolution.pending else "NothingPending",
+            "reason": R.APPROVAL_REQUIRED if resolution.pending else R.NOTHING_PENDING,
             "message": "; ".join(
                 f"{n}: {r} passed its gate; pin it in from.revision (loraforge approve) to serve it"
                 for n, r in sorted(resolution.pending.items())

@@ -17,22 +17,23 @@ from kubernetes_asyncio.client.rest import ApiException
 from pydantic import ValidationError
 
 from .. import api, metrics
-from ..conditions import merge_conditions, now_rfc3339
+from ..conditions import EventType, canonical_reason, merge_conditions, now_rfc3339
 from ..kube import Kube
 from ..settings import Settings
 from ..writes import ChildKey, StatusWrite, WriteMemo, ensure_child
-from . import builders, plan, resolve, runtime, smoke
+from . import builders, plan, resolve, runtime, smoke, vocabulary
 from .model import ModelDeploymentSpec
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 # Events that end a rollout -> the result counted in loraforge_modeldeployment_rollouts_total.
-ROLLOUT_ENDS = {"RolloutComplete": "Complete", "RolledBack": "RolledBack", "RolloutFailed": "Failed"}
+T, R, E = vocabulary.Type, vocabulary.Reason, vocabulary.EventReason
+ROLLOUT_ENDS = {E.ROLLOUT_COMPLETE: "Complete", E.ROLLED_BACK: "RolledBack", E.ROLLOUT_FAILED: "Failed"}
 # How long to wait before writing a ServiceMonitor again where the API was missing.
 MONITORING_RETRY_SECONDS = 300.0
 # Degraded reason of a smokeTest.suite that cannot be used (missing ConfigMap or key, a bad record).
-SUITE_INVALID = "SmokeTestSuiteInvalid"
+SUITE_INVALID = R.SMOKE_TEST_SUITE_INVALID
 
 
 def _spec_error(e: ValidationError) -> str:
@@ -193,8 +194,8 @@ class ModelDeploymentReconciler:
             if failed_at is None:
                 self.post_event(
                     body,
-                    "Warning",
-                    "ServiceMonitorUnavailable",
+                    EventType.WARNING,
+                    E.SERVICE_MONITOR_UNAVAILABLE,
                     "spec.monitoring.serviceMonitor is set but this cluster does not serve "
                     f"{builders.SERVICE_MONITOR_API_VERSION} ServiceMonitors (the Prometheus Operator's "
                     "CRDs); install them or unset it",
@@ -222,14 +223,14 @@ class ModelDeploymentReconciler:
     def _invalid(self, old: dict[str, Any], generation: int, message: str) -> dict[str, Any]:
         conds = [
             {
-                "type": "Degraded",
+                "type": T.DEGRADED,
                 "status": "True",
-                "reason": "SpecInvalid",
+                "reason": R.SPEC_INVALID,
                 "message": message,
                 "observedGeneration": generation,
             }
         ]
-        kept = [c for c in old.get("conditions") or [] if c.get("type") != "Degraded"]
+        kept = [c for c in old.get("conditions") or [] if c.get("type") != T.DEGRADED]
         return {
             **old,
             "observedGeneration": generation,
@@ -247,12 +248,16 @@ class ModelDeploymentReconciler:
         updated = await self.kube.patch_status(api.API_VERSION, "ModelDeployment", ns, name, new)
         previous = self.status_writes.get((ns, name))
         self.status_writes[(ns, name)] = StatusWrite.after(previous, body, new, updated)
-        old_degraded = next((c for c in old.get("conditions") or [] if c["type"] == "Degraded"), {})
-        new_degraded = next((c for c in new.get("conditions") or [] if c["type"] == "Degraded"), {})
+        old_degraded = next((c for c in old.get("conditions") or [] if c["type"] == T.DEGRADED), {})
+        new_degraded = next((c for c in new.get("conditions") or [] if c["type"] == T.DEGRADED), {})
+        old_reason = canonical_reason(old_degraded.get("reason") or "")
         if new_degraded.get("status") == "True" and (
-            old_degraded.get("status") != "True" or old_degraded.get("reason") != new_degraded.get("reason")
+            old_degraded.get("status") != "True" or old_reason != new_degraded.get("reason")
         ):
-            events = [*events, plan.Event("Warning", new_degraded["reason"], new_degraded.get("message", ""))]
+            events = [
+                *events,
+                plan.Event(EventType.WARNING, new_degraded["reason"], new_degraded.get("message", "")),
+            ]
         for e in events:
             self.post_event(body, e.type, e.reason, e.message)
             if e.reason in ROLLOUT_ENDS:
@@ -325,7 +330,9 @@ class ModelDeploymentReconciler:
         condition = {
             "type": builders.VERIFIED_CONDITION,
             "status": "True" if ok else "False",
-            "reason": "SmokeTestPassed" if ok else "SmokeTestFailed",
+            "reason": vocabulary.GateReason.SMOKE_TEST_PASSED
+            if ok
+            else vocabulary.GateReason.SMOKE_TEST_FAILED,
             "message": message,
             "lastTransitionTime": now_rfc3339(),
         }
@@ -342,8 +349,8 @@ class ModelDeploymentReconciler:
                     "kind": "ModelDeployment",
                     "metadata": {"name": owner.name, "namespace": owner.namespace, "uid": owner.uid},
                 },
-                "Warning",
-                "SmokeTestFailed",
+                EventType.WARNING,
+                E.SMOKE_TEST_FAILED,
                 f"pod {pod['metadata']['name']}: {message}",
             )
 

@@ -14,12 +14,16 @@ from typing import Any
 from ..finetunejob.model import LoraSettings
 from . import runtime
 from .model import ModelDeploymentSpec, ServedAdapter, ServingRevision
+from .vocabulary import Reason
 
 DEFAULT_RANK = LoraSettings().r  # what a FineTuneJob trains when its spec names no rank
 
 
 @dataclass
 class Problem:
+    """Why an adapter has no revision to serve, or its smoke test cannot run: a Degraded reason
+    (vocabulary.Reason) with the message for people."""
+
     reason: str
     message: str
 
@@ -96,7 +100,7 @@ def resolve(
         if not published:
             running = [f["metadata"]["name"] for f in finetunejobs if _lineage(f) == lineage]
             out.problems[adapter.name] = Problem(
-                "AdapterNotPublished",
+                Reason.ADAPTER_NOT_PUBLISHED,
                 f'adapter "{lineage}" has no published revision yet'
                 + (f" (FineTuneJobs {', '.join(sorted(running))} have not succeeded)" if running else "")
                 + "; no FineTuneJob in this namespace published it",
@@ -106,7 +110,7 @@ def resolve(
         if not same_base:
             f = published[0]
             out.problems[adapter.name] = Problem(
-                "BaseModelMismatch",
+                Reason.BASE_MODEL_MISMATCH,
                 f'adapter "{lineage}" was trained on base model {_base_desc(_base_of(f))} '
                 f"(FineTuneJob {f['metadata']['name']}), not on {_base_desc(spec.base_model.model_dump())}",
             )
@@ -126,7 +130,8 @@ def resolve(
             if ftj is None:
                 known = ", ".join(sorted(by_rev, key=_rev_number))
                 out.problems[adapter.name] = Problem(
-                    "RevisionNotFound", f'adapter "{lineage}" has no revision {src.revision} (it has {known})'
+                    Reason.REVISION_NOT_FOUND,
+                    f'adapter "{lineage}" has no revision {src.revision} (it has {known})',
                 )
             else:
                 out.revisions[adapter.name] = _revision(adapter, ftj)
@@ -146,14 +151,14 @@ def resolve(
                 out.revisions[adapter.name] = current
             else:
                 out.problems[adapter.name] = Problem(
-                    "PromotionPending",
+                    Reason.PROMOTION_PENDING,
                     f'adapter "{lineage}": promotion is Manual; pin a revision in from.revision'
                     + (f" (newest that passed its gate: {promotable[-1]})" if promotable else ""),
                 )
             continue
         if not promotable:
             out.problems[adapter.name] = Problem(
-                "NoPromotedRevision",
+                Reason.NO_PROMOTED_REVISION,
                 f'adapter "{lineage}" has no revision that passed its evaluation gate'
                 + (
                     f" and was not rolled back ({', '.join(sorted(rejected[adapter.name]))} were)"
@@ -187,18 +192,33 @@ def _check_job(
     spec: ModelDeploymentSpec, adapter: ServedAdapter, ftj: dict[str, Any] | None, name: str
 ) -> Problem | None:
     if ftj is None:
-        return Problem("FineTuneJobNotFound", f'FineTuneJob "{name}" not found in this namespace')
+        return Problem(Reason.FINE_TUNE_JOB_NOT_FOUND, f'FineTuneJob "{name}" not found in this namespace')
     phase = (ftj.get("status") or {}).get("phase")
     if phase == "Failed":
-        return Problem("FineTuneJobFailed", f'FineTuneJob "{name}" failed; it published no adapter')
+        return Problem(Reason.FINE_TUNE_JOB_FAILED, f'FineTuneJob "{name}" failed; it published no adapter')
     if not _published(ftj):
         return Problem(
-            "AdapterNotPublished", f'FineTuneJob "{name}" has not published its adapter yet ({phase})'
+            Reason.ADAPTER_NOT_PUBLISHED, f'FineTuneJob "{name}" has not published its adapter yet ({phase})'
         )
     if not _same_base(spec, ftj):
         return Problem(
-            "BaseModelMismatch",
+            Reason.BASE_MODEL_MISMATCH,
             f'FineTuneJob "{name}" trained on base model {_base_desc(_base_of(ftj))}, '
             f"not on {_base_desc(spec.base_model.model_dump())}",
         )
     return None
+
+
+def finetunejob_view(ftj: dict[str, Any]) -> dict[str, Any]:
+    """What resolving reads of a FineTuneJob, and nothing else: the operator keeps this of every FineTuneJob
+    for the ModelDeployments of its namespace, and wakes them only when it changes."""
+    spec, st = ftj.get("spec") or {}, ftj.get("status") or {}
+    base = spec.get("baseModel") or {}
+    view_spec: dict[str, Any] = {
+        "baseModel": {k: base[k] for k in ("path", "huggingFaceId") if k in base},
+        "lora": {"r": (spec.get("lora") or {}).get("r")},
+        "adapter": {"name": (spec.get("adapter") or {}).get("name")},
+    }
+    view_status = {k: st[k] for k in ("phase", "adapter") if k in st}
+    meta = ftj.get("metadata") or {}
+    return {"metadata": {"name": meta.get("name")}, "spec": view_spec, "status": view_status}

@@ -21,6 +21,7 @@ from .model import (
     ModelDeploymentSpec,
     ServingRevision,
 )
+from .vocabulary import Reason
 
 PORT = 8080
 PRESTOP_SECONDS = 5
@@ -69,7 +70,8 @@ def store_path(relative: str) -> str:
 
 @dataclass(frozen=True)
 class Incompatible:
-    """A revision the runtime cannot load, and why (a Degraded reason; the rollout does not start)."""
+    """A revision the runtime cannot load, and why (a Degraded reason, vocabulary.Reason; the rollout does not
+    start)."""
 
     reason: str
     message: str
@@ -257,7 +259,7 @@ class VLLM:
         what = f"runtime.vllm.maxLoraRank {limit}" if explicit else f"{limit}, the largest rank vLLM loads"
         fix = f"raise maxLoraRank or pin a revision of rank <= {limit}" if explicit else "train a lower rank"
         return Incompatible(
-            "AdapterRankTooHigh",
+            Reason.ADAPTER_RANK_TOO_HIGH,
             f"revision {revision.revision or revision.path}{source} has LoRA rank {revision.rank}, above "
             f"{what}: vLLM cannot load it; {fix}",
         )
