@@ -243,6 +243,19 @@ INVALID += [
         "spec.evaluation.suites",
         "needs held-out records",
     ),
+    # The trainer refused these with exit code 3 once the pod ran; the API refuses them at admission.
+    Invalid(
+        "a loss threshold without held-out records",
+        {"dataset": {"validationSplit": 0}, "evaluation": {"maxEvalLoss": 2.5}},
+        "spec.dataset.validationSplit",
+        "evaluation.maxEvalLoss and evaluation.minImprovement judge the loss on held-out records",
+    ),
+    Invalid(
+        "an improvement threshold without held-out records",
+        {"dataset": {"validationSplit": 0.0}, "evaluation": {"minImprovement": 0.05}},
+        "spec.dataset.validationSplit",
+        "set dataset.validationSplit > 0 or dataset.validationPath",
+    ),
     Invalid(
         "a model card section over 8192 characters",
         {"adapter": {"modelCard": {"limitations": "x" * 8193}}},

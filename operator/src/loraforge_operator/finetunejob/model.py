@@ -2,9 +2,9 @@
 
 These models generate the CRD schema (descriptions are what
 `kubectl explain finetunejob.spec...` prints) and parse objects at the edge
-of the operator. Cross-field rules are CEL on the CRD and the same checks in
-``model_validator``s here, so bad specs are stopped at admission and the
-operator never acts on one.
+of the operator. Cross-field rules are ``schema.Rule``s, each both the CEL on
+the CRD and the check the model makes, so bad specs are stopped at admission
+and the operator never acts on one.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from ..schema import (
     MAX_KEY_PREFIX,
     ApiModel,
     ExtendedResourceName,
+    Rule,
     annotation_map,
-    cel,
-    cel_rules,
-    is_label_key,
+    field_error,
+    key_prefix_fits,
     label_map,
 )
 
@@ -53,11 +53,12 @@ PodAnnotations = annotation_map("podMetadata.annotations", 64)
 class BaseModelSource(ApiModel):
     """The base model to fine-tune. Exactly one of `path` or `huggingFaceId`."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "has(self.path) != has(self.huggingFaceId)",
             "set exactly one of baseModel.path or baseModel.huggingFaceId",
-        )
+            lambda s: (s.path is None) != (s.hugging_face_id is None),
+        ),
     )
 
     path: RelativePath | None = None
@@ -71,12 +72,6 @@ class BaseModelSource(ApiModel):
 
     revision: Annotated[str, Field(max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")] = "main"
     """With `huggingFaceId`: the revision (branch, tag or commit) to take from the offline cache."""
-
-    @model_validator(mode="after")
-    def _one_source(self) -> BaseModelSource:
-        if (self.path is None) == (self.hugging_face_id is None):
-            raise ValueError("set exactly one of baseModel.path or baseModel.huggingFaceId")
-        return self
 
 
 class ModelStore(ApiModel):
@@ -103,19 +98,22 @@ DatasetFormat = Literal["chat", "instruction", "completion", "text"]
 class Dataset(ApiModel):
     """Training data: a JSONL file, one record per line. Exactly one of `path` or `configMap`."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "has(self.path) != has(self.configMap)",
             "set exactly one of dataset.path or dataset.configMap",
+            lambda d: (d.path is None) != (d.config_map is None),
         ),
-        cel(
+        Rule(
             "!has(self.validationPath) || !has(self.configMap)",
             "dataset.validationPath needs dataset.path (the model store); "
             "a ConfigMap dataset is split with validationSplit",
+            lambda d: d.validation_path is None or d.config_map is None,
         ),
-        cel(
+        Rule(
             "self.onInvalidRecord == 'Skip' || self.maxSkippedRecords == 0",
             "dataset.maxSkippedRecords applies only with onInvalidRecord: Skip",
+            lambda d: d.on_invalid_record == "Skip" or d.max_skipped_records == 0,
             field_path=".maxSkippedRecords",
         ),
     )
@@ -144,16 +142,6 @@ class Dataset(ApiModel):
 
     max_skipped_records: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     """With `onInvalidRecord: Skip`: more skipped records than this fail the job."""
-
-    @model_validator(mode="after")
-    def _rules(self) -> Dataset:
-        if (self.path is None) == (self.config_map is None):
-            raise ValueError("set exactly one of dataset.path or dataset.configMap")
-        if self.validation_path is not None and self.config_map is not None:
-            raise ValueError("dataset.validationPath needs dataset.path (the model store)")
-        if self.on_invalid_record == "Fail" and self.max_skipped_records:
-            raise ValueError("dataset.maxSkippedRecords applies only with onInvalidRecord: Skip")
-        return self
 
 
 class LoraSettings(ApiModel):
@@ -192,10 +180,11 @@ class Quantization(ApiModel):
 class TrainingSettings(ApiModel):
     """Optimisation settings. Set `epochs` or `maxSteps` (neither: 1 epoch)."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "!(has(self.epochs) && has(self.maxSteps))",
             "set either training.epochs or training.maxSteps, not both",
+            lambda t: t.epochs is None or t.max_steps is None,
         ),
     )
 
@@ -238,32 +227,33 @@ class TrainingSettings(ApiModel):
     logging_steps: Annotated[int, Field(ge=1, le=100_000)] = 10
     """Report progress (step, loss) every this many steps."""
 
-    @model_validator(mode="after")
-    def _steps_or_epochs(self) -> TrainingSettings:
-        if self.epochs is not None and self.max_steps is not None:
-            raise ValueError("set either training.epochs or training.maxSteps, not both")
-        return self
-
 
 class Toleration(ApiModel):
     """A toleration of the training pods (core/v1 Toleration)."""
 
     # What core/v1 requires of a Pod's toleration; unchecked here, the Job or Deployment would be refused.
-    model_config = cel_rules(
-        cel("has(self.key) || self.operator == 'Exists'", "a toleration without key needs operator Exists"),
-        cel(
+    rules = (
+        Rule(
+            "has(self.key) || self.operator == 'Exists'",
+            "a toleration without key needs operator Exists",
+            lambda t: t.key is not None or t.operator == "Exists",
+        ),
+        Rule(
             "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
             "tolerationSeconds needs effect NoExecute",
+            lambda t: t.toleration_seconds is None or t.effect == "NoExecute",
         ),
-        cel(
+        Rule(
             "self.operator != 'Exists' || !has(self.value) || self.value == ''",
             "a toleration with operator Exists takes no value",
+            lambda t: t.operator != "Exists" or not t.value,
             field_path=".value",
         ),
-        cel(
+        Rule(
             # The pattern checks the key but for the length of its prefix.
             f"!has(self.key) || self.key.indexOf('/') <= {MAX_KEY_PREFIX}",
             f"a toleration key must be a label key: {LABEL_KEY_RULE}",
+            lambda t: t.key is None or key_prefix_fits(t.key),
             field_path=".key",
         ),
     )
@@ -285,26 +275,15 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = None
     """With NoExecute: how long the pod stays bound after the taint appears."""
 
-    @model_validator(mode="after")
-    def _key_or_exists(self) -> Toleration:
-        if self.key is None and self.operator != "Exists":
-            raise ValueError("a toleration without key needs operator Exists")
-        if self.toleration_seconds is not None and self.effect != "NoExecute":
-            raise ValueError("tolerationSeconds needs effect NoExecute")
-        if self.operator == "Exists" and self.value:
-            raise ValueError("a toleration with operator Exists takes no value")
-        if self.key is not None and not is_label_key(self.key):
-            raise ValueError(f"a toleration key must be a label key: {LABEL_KEY_RULE}")
-        return self
-
 
 class Resources(ApiModel):
     """Where and on what the training runs."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "self.nodes == 1 || self.gpusPerNode >= 1",
             "training on several nodes needs resources.gpusPerNode >= 1",
+            lambda r: r.nodes == 1 or r.gpus_per_node >= 1,
             field_path=".gpusPerNode",
         ),
     )
@@ -339,12 +318,6 @@ class Resources(ApiModel):
     priority_class_name: Annotated[str, Field(max_length=253, pattern=DNS_LABEL)] | None = None
     """PriorityClass of the training pods."""
 
-    @model_validator(mode="after")
-    def _multi_node_needs_gpus(self) -> Resources:
-        if self.nodes > 1 and self.gpus_per_node < 1:
-            raise ValueError("training on several nodes needs resources.gpusPerNode >= 1")
-        return self
-
 
 class Checkpoints(ApiModel):
     """Periodic checkpoints in the model store; a restarted pod resumes from the newest."""
@@ -362,10 +335,11 @@ ScorerType = Literal["contains", "exact", "regex", "tokenF1"]
 class Scorer(ApiModel):
     """How an answer is judged against the expected one (the rules: loraforge_operator/scoring.py)."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "!has(self.pattern) || self.type == 'regex'",
             "scorer.pattern applies only to scorer type regex",
+            lambda s: s.pattern is None or s.type == "regex",
             field_path=".pattern",
         ),
     )
@@ -385,13 +359,11 @@ class Scorer(ApiModel):
     """With `tokenF1`: the F1 from which an answer counts as right."""
 
     @model_validator(mode="after")
-    def _pattern(self) -> Scorer:
-        if self.pattern is not None:
-            if self.type != "regex":
-                raise ValueError("scorer.pattern applies only to scorer type regex")
-            bad = scoring.pattern_problem(self.pattern)
-            if bad:
-                raise ValueError(f"scorer.pattern is {bad}")
+    def _pattern_compiles(self) -> Scorer:
+        # What CEL cannot state: that the pattern is a Python regular expression (checked after the rules).
+        bad = scoring.pattern_problem(self.pattern) if self.pattern is not None else None
+        if bad:
+            raise field_error(self, ".pattern", f"scorer.pattern is {bad}")
         return self
 
 
@@ -404,10 +376,11 @@ class EvaluationSuite(ApiModel):
     file:line before training starts. Accuracy, base against adapter, goes to status, the revision's
     manifest and model card (every answer: `answers-<suite>.jsonl` in the revision's folder)."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "(self.heldOut ? 1 : 0) + (has(self.path) ? 1 : 0) + (has(self.configMap) ? 1 : 0) == 1",
             "set exactly one of heldOut: true, path or configMap",
+            lambda s: s.held_out + (s.path is not None) + (s.config_map is not None) == 1,
         ),
     )
 
@@ -436,21 +409,16 @@ class EvaluationSuite(ApiModel):
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 64
     """The longest answer generated per question."""
 
-    @model_validator(mode="after")
-    def _one_source(self) -> EvaluationSuite:
-        if self.held_out + (self.path is not None) + (self.config_map is not None) != 1:
-            raise ValueError("set exactly one of heldOut: true, path or configMap")
-        return self
-
 
 class EvaluationGate(ApiModel):
     """Conditions the adapter must meet to pass: on the held-out loss, and on the answers of each suite. With
     none set, the gate passes and the metrics are only recorded."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "self.suites.all(a, self.suites.exists_one(b, b.name == a.name))",
             "evaluation.suites: each suite needs a name of its own",
+            lambda g: len({s.name for s in g.suites}) == len(g.suites),
             field_path=".suites",
         ),
     )
@@ -468,13 +436,6 @@ class EvaluationGate(ApiModel):
 
     generation_batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
     """Questions answered together in one batch."""
-
-    @model_validator(mode="after")
-    def _unique(self) -> EvaluationGate:
-        names = [s.name for s in self.suites]
-        if len(set(names)) != len(names):
-            raise ValueError("evaluation.suites: each suite needs a name of its own")
-        return self
 
 
 CardText = Annotated[str, Field(min_length=1, max_length=8192)]
@@ -518,10 +479,11 @@ class PodMetadata(ApiModel):
     """Extra labels and annotations for the training pods (e.g. for cost attribution or sidecar injection
     policies). Keys under loraforge.io/ and batch.kubernetes.io/ are reserved."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "!self.labels.exists(k, k.startsWith('loraforge.io/') || k.startsWith('batch.kubernetes.io/'))",
             "podMetadata.labels may not use the reserved prefixes loraforge.io/ and batch.kubernetes.io/",
+            lambda m: not any(k.startswith(("loraforge.io/", "batch.kubernetes.io/")) for k in m.labels),
             field_path=".labels",
         ),
     )
@@ -535,13 +497,18 @@ class PodMetadata(ApiModel):
     """Annotations added to each training pod. Keys are annotation keys (as label keys, but the prefix may
     hold capitals); values up to 2048 characters."""
 
-    @model_validator(mode="after")
-    def _reserved(self) -> PodMetadata:
-        if any(k.startswith(("loraforge.io/", "batch.kubernetes.io/")) for k in self.labels):
-            raise ValueError(
-                "podMetadata.labels may not use the reserved prefixes loraforge.io/ and batch.kubernetes.io/"
-            )
-        return self
+
+def _asks_held_out(spec: FineTuneJobSpec) -> bool:
+    return any(s.held_out for s in spec.evaluation.suites)
+
+
+def _gates_on_loss(gate: EvaluationGate) -> bool:
+    return gate.max_eval_loss is not None or gate.min_improvement is not None
+
+
+def _holds_out(dataset: Dataset) -> bool:
+    """The dataset has held-out records: a validation file, or a share of the training records."""
+    return dataset.validation_path is not None or dataset.validation_split > 0.0
 
 
 class FineTuneJobSpec(ApiModel):
@@ -598,45 +565,39 @@ class FineTuneJobSpec(ApiModel):
     suspend: bool = False
     """Suspend training: running pods are stopped (progress is kept in checkpoints); false resumes."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "self.method == 'qlora' || !has(self.quantization)",
             "quantization applies only to method qlora",
+            lambda s: s.method == "qlora" or s.quantization is None,
             field_path=".quantization",
         ),
-        cel(
+        Rule(
             "!self.evaluation.suites.exists(s, s.heldOut) || self.dataset.format != 'text'",
             "an evaluation suite with heldOut: true needs questions with answers; "
             "dataset.format text has none",
+            lambda s: not _asks_held_out(s) or s.dataset.format != "text",
             field_path=".evaluation.suites",
         ),
-        cel(
+        Rule(
             "!self.evaluation.suites.exists(s, s.heldOut) || has(self.dataset.validationPath) "
             "|| self.dataset.validationSplit > 0.0",
             "an evaluation suite with heldOut: true needs held-out records: "
             "set dataset.validationSplit > 0 "
             "or dataset.validationPath",
+            lambda s: not _asks_held_out(s) or _holds_out(s.dataset),
             field_path=".evaluation.suites",
         ),
+        Rule(
+            # The trainer measures the loss on the held-out records, base model and adapter alike.
+            "!(has(self.evaluation.maxEvalLoss) || has(self.evaluation.minImprovement)) "
+            "|| has(self.dataset.validationPath) || self.dataset.validationSplit > 0.0",
+            "evaluation.maxEvalLoss and evaluation.minImprovement judge the loss on held-out records: "
+            "set dataset.validationSplit > 0 or dataset.validationPath",
+            lambda s: not _gates_on_loss(s.evaluation) or _holds_out(s.dataset),
+            field_path=".dataset.validationSplit",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _quantization_needs_qlora(self) -> FineTuneJobSpec:
-        if self.method != "qlora" and self.quantization is not None:
-            raise ValueError("quantization applies only to method qlora")
-        held_out = any(s.held_out for s in self.evaluation.suites)
-        if held_out and self.dataset.format == "text":
-            raise ValueError(
-                "an evaluation suite with heldOut: true needs questions with answers; "
-                "dataset.format text has none"
-            )
-        if held_out and self.dataset.validation_path is None and self.dataset.validation_split == 0:
-            raise ValueError(
-                "an evaluation suite with heldOut: true needs held-out records: "
-                "set dataset.validationSplit > 0 "
-                "or dataset.validationPath"
-            )
-        return self
 
 
 # Spec fields that may change after training started (everything else is frozen by CEL on the root).

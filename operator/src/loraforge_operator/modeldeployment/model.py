@@ -4,8 +4,8 @@ A ModelDeployment serves a base model and LoRA adapters with a serving runtime
 (TGI or vLLM), autoscaled, and rolls every replica to each newly promoted adapter
 revision, verifying the new pods before old ones go and rolling back by
 itself when they fail. Same conventions as the FineTuneJob API: descriptions
-are `kubectl explain` text, cross-field rules are CEL on the CRD and repeated
-here in validators.
+are `kubectl explain` text, cross-field rules are ``schema.Rule``s (the CEL on
+the CRD and the model's check, from one definition).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ..conditions import Condition
 from ..finetunejob.model import (
@@ -27,7 +27,7 @@ from ..finetunejob.model import (
     Scorer,
     Toleration,
 )
-from ..schema import ApiModel, ExtendedResourceName, annotation_map, cel, cel_rules, label_map
+from ..schema import ApiModel, ExtendedResourceName, Rule, annotation_map, label_map
 
 REVISION = r"^v[0-9]+$"
 # Maps that become labels or annotations of children (resources.nodeSelector is the FineTuneJob's).
@@ -101,19 +101,22 @@ class SmokeTest(ApiModel):
 class AdapterSource(ApiModel):
     """Where an adapter's weights come from. Exactly one of `adapter`, `fineTuneJob` or `path`."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "(has(self.adapter) ? 1 : 0) + (has(self.fineTuneJob) ? 1 : 0) + (has(self.path) ? 1 : 0) == 1",
             "set exactly one of from.adapter, from.fineTuneJob or from.path",
+            lambda a: sum(x is not None for x in (a.adapter, a.fine_tune_job, a.path)) == 1,
         ),
-        cel(
+        Rule(
             "!has(self.revision) || has(self.adapter)",
             "from.revision pins a revision of from.adapter",
+            lambda a: a.revision is None or a.adapter is not None,
             field_path=".revision",
         ),
-        cel(
+        Rule(
             "!has(self.approvedBy) || has(self.revision)",
             APPROVED_BY_NEEDS_REVISION,
+            lambda a: a.approved_by is None or a.revision is not None,
             field_path=".approvedBy",
         ),
     )
@@ -139,16 +142,6 @@ class AdapterSource(ApiModel):
     """A peft adapter folder in the model store, e.g. `adapters/team/support/v3`. Not checked against a
     FineTuneJob (no base-model or evaluation check)."""
 
-    @model_validator(mode="after")
-    def _one(self) -> AdapterSource:
-        if sum(x is not None for x in (self.adapter, self.fine_tune_job, self.path)) != 1:
-            raise ValueError("set exactly one of from.adapter, from.fineTuneJob or from.path")
-        if self.revision is not None and self.adapter is None:
-            raise ValueError("from.revision pins a revision of from.adapter")
-        if self.approved_by is not None and self.revision is None:
-            raise ValueError(APPROVED_BY_NEEDS_REVISION)
-        return self
-
 
 class ServedAdapter(ApiModel):
     """One adapter the deployment serves."""
@@ -167,11 +160,12 @@ class ServedAdapter(ApiModel):
 class TGISettings(ApiModel):
     """text-generation-inference settings."""
 
-    model_config = cel_rules(
+    rules = (
         # TGI's launcher refuses this at start (ArgumentValidation), so the pod would crash-loop.
-        cel(
+        Rule(
             "self.maxInputTokens < self.maxTotalTokens",
             "runtime.tgi.maxInputTokens must be < runtime.tgi.maxTotalTokens (TGI's launcher refuses it)",
+            lambda t: t.max_input_tokens < t.max_total_tokens,
             field_path=".maxInputTokens",
         ),
     )
@@ -197,14 +191,6 @@ class TGISettings(ApiModel):
     num_shard: Annotated[int, Field(ge=1, le=16)] | None = None
     """Tensor-parallel shards; default one per GPU of the pod."""
 
-    @model_validator(mode="after")
-    def _tokens(self) -> TGISettings:
-        if self.max_input_tokens >= self.max_total_tokens:
-            raise ValueError(
-                "runtime.tgi.maxInputTokens must be < runtime.tgi.maxTotalTokens (TGI's launcher refuses it)"
-            )
-        return self
-
 
 # The ranks vLLM accepts for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -216,12 +202,17 @@ class VLLMSettings(ApiModel):
     """vLLM settings (its OpenAI-compatible server, `vllm serve`). Unset fields take vLLM's defaults unless
     said otherwise."""
 
-    model_config = cel_rules(
+    rules = (
         # vLLM's scheduler refuses a token budget smaller than the number of sequences at start.
-        cel(
+        Rule(
             "!has(self.maxNumBatchedTokens) || !has(self.maxNumSeqs) || "
             "self.maxNumBatchedTokens >= self.maxNumSeqs",
             "runtime.vllm.maxNumBatchedTokens must be >= runtime.vllm.maxNumSeqs (vLLM refuses it)",
+            lambda v: (
+                v.max_num_batched_tokens is None
+                or v.max_num_seqs is None
+                or v.max_num_batched_tokens >= v.max_num_seqs
+            ),
             field_path=".maxNumBatchedTokens",
         ),
     )
@@ -263,26 +254,15 @@ class VLLMSettings(ApiModel):
     tensor_parallel_size: Annotated[int, Field(ge=1, le=16)] | None = None
     """GPUs one replica shards the model over (vLLM `--tensor-parallel-size`). Default: the pod's GPUs."""
 
-    @model_validator(mode="after")
-    def _tokens(self) -> VLLMSettings:
-        if (
-            self.max_num_batched_tokens is not None
-            and self.max_num_seqs is not None
-            and self.max_num_batched_tokens < self.max_num_seqs
-        ):
-            raise ValueError(
-                "runtime.vllm.maxNumBatchedTokens must be >= runtime.vllm.maxNumSeqs (vLLM refuses it)"
-            )
-        return self
-
 
 class Runtime(ApiModel):
     """The serving runtime: TGI or vLLM. Set at most one; neither is TGI with its defaults."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "!(has(self.tgi) && has(self.vllm))",
             "set at most one of runtime.tgi or runtime.vllm",
+            lambda r: r.tgi is None or r.vllm is None,
         ),
     )
 
@@ -291,12 +271,6 @@ class Runtime(ApiModel):
 
     vllm: VLLMSettings | None = None
     """vLLM settings: serve with vLLM's OpenAI-compatible server instead of TGI."""
-
-    @model_validator(mode="after")
-    def _one(self) -> Runtime:
-        if self.tgi is not None and self.vllm is not None:
-            raise ValueError("set at most one of runtime.tgi or runtime.vllm")
-        return self
 
     @property
     def name(self) -> Literal["tgi", "vllm"]:
@@ -352,26 +326,34 @@ class ScalingBehavior(ApiModel):
     """At most this many pods removed per minute."""
 
 
-def _positive(quantity: str) -> bool:
-    """Whether a Kubernetes quantity is above zero (its suffix or exponent cannot change the sign)."""
-    return re.match(r"^\+?[0-9.]*[1-9]", quantity) is not None
+# A Kubernetes quantity above zero (its suffix or exponent cannot change the sign). `[+]`, not an escaped
+# plus: the same text is a Python regex, an RE2 pattern and a CEL string literal.
+POSITIVE_QUANTITY = "^[+]?[0-9.]*[1-9]"
 
 
 class Autoscaling(ApiModel):
     """An autoscaling/v2 HorizontalPodAutoscaler for the serving Deployment. Set at least one target."""
 
-    model_config = cel_rules(
-        cel("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= maxReplicas"),
+    rules = (
+        Rule(
+            "self.minReplicas <= self.maxReplicas",
+            "autoscaling.minReplicas must be <= maxReplicas",
+            lambda a: a.min_replicas <= a.max_replicas,
+        ),
         # The HPA refuses a zero or negative target, which would leave the operator retrying.
-        cel(
+        Rule(
             # A regex, not quantity(): parsing a huge exponent can take the API server past its timeout.
-            "!has(self.queueSizeTarget) || self.queueSizeTarget.matches('^[+]?[0-9.]*[1-9]')",
+            f"!has(self.queueSizeTarget) || self.queueSizeTarget.matches('{POSITIVE_QUANTITY}')",
             "autoscaling.queueSizeTarget must be positive",
+            lambda a: (
+                a.queue_size_target is None or re.match(POSITIVE_QUANTITY, a.queue_size_target) is not None
+            ),
             field_path=".queueSizeTarget",
         ),
-        cel(
+        Rule(
             "has(self.queueSizeTarget) || has(self.cpuUtilization)",
             "set autoscaling.queueSizeTarget, autoscaling.cpuUtilization, or both",
+            lambda a: a.queue_size_target is not None or a.cpu_utilization is not None,
         ),
     )
 
@@ -390,16 +372,6 @@ class Autoscaling(ApiModel):
 
     behavior: ScalingBehavior = Field(default_factory=ScalingBehavior)
     """Scaling speed."""
-
-    @model_validator(mode="after")
-    def _rules(self) -> Autoscaling:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("autoscaling.minReplicas must be <= maxReplicas")
-        if self.queue_size_target is not None and not _positive(self.queue_size_target):
-            raise ValueError("autoscaling.queueSizeTarget must be positive")
-        if self.queue_size_target is None and self.cpu_utilization is None:
-            raise ValueError("set autoscaling.queueSizeTarget, autoscaling.cpuUtilization, or both")
-        return self
 
 
 class Rollout(ApiModel):
@@ -464,15 +436,19 @@ class Monitoring(ApiModel):
 class ModelDeploymentSpec(ApiModel):
     """Desired state of a ModelDeployment."""
 
-    model_config = cel_rules(
-        cel(
+    rules = (
+        Rule(
             "!has(self.autoscaling) || !has(self.replicas)",
             "set either replicas or autoscaling, not both",
+            lambda s: s.autoscaling is None or s.replicas is None,
         ),
-        cel(
+        Rule(
             "!has(self.runtime) || !has(self.runtime.vllm) || "
             "self.adapters.all(a, !has(a.smokeTest) || !has(a.smokeTest.chat) || a.smokeTest.chat)",
             VLLM_RAW_SMOKE_TEST,
+            lambda s: (
+                s.runtime.vllm is None or all(a.smoke_test is None or a.smoke_test.chat for a in s.adapters)
+            ),
             field_path=".adapters",
         ),
     )
@@ -511,16 +487,6 @@ class ModelDeploymentSpec(ApiModel):
 
     monitoring: Monitoring = Field(default_factory=Monitoring)
     """Metrics scraping."""
-
-    @model_validator(mode="after")
-    def _rules(self) -> ModelDeploymentSpec:
-        if self.autoscaling is not None and self.replicas is not None:
-            raise ValueError("set either replicas or autoscaling, not both")
-        if self.runtime.vllm is not None and any(
-            a.smoke_test and not a.smoke_test.chat for a in self.adapters
-        ):
-            raise ValueError(VLLM_RAW_SMOKE_TEST)
-        return self
 
 
 class ServingRevision(ApiModel):
