@@ -10,7 +10,9 @@ OpenAPI validation, CEL rules and defaults all run).
   failure with a message; when it parses, every child the operator would
   apply is itself accepted by the API server, pods under Pod Security
   "restricted" (a child the API server refused would make the operator retry
-  forever instead of failing clearly).
+  forever instead of failing clearly), and the configuration it writes for the
+  trainer loads in the trainer as is. The SpecInvalid message is the
+  operator's own, naming fields the spec holds.
 - Every label or annotation key and value (generated near and past each rule)
   is admitted in the specs' label and annotation maps exactly when the
   operator's model parses it and the API server takes it on a ConfigMap.
@@ -32,13 +34,17 @@ from pydantic import ValidationError
 
 from loraforge_operator import api
 from loraforge_operator.finetunejob import builders as ftj_builders
+from loraforge_operator.finetunejob import contract as ftj_contract
 from loraforge_operator.finetunejob import status as ftj_status
 from loraforge_operator.finetunejob.model import FineTuneJobSpec
+from loraforge_operator.finetunejob.reconcile import Reconciler as FineTuneJobReconciler
 from loraforge_operator.kube import _path
 from loraforge_operator.modeldeployment import builders as md_builders
 from loraforge_operator.modeldeployment.model import ModelDeploymentSpec, ServingRevision
 from loraforge_operator.modeldeployment.reconcile import _spec_error
 from loraforge_operator.settings import Settings
+from loraforge_trainer import config as trainer_config
+from loraforge_trainer.errors import InvalidInput
 from tests.finetunejob_cases import VALID_SPEC as FTJ_VALID
 from tests.finetunejob_cases import merge
 from tests.kube import Kube
@@ -183,6 +189,35 @@ def _names_a_field(message: str) -> bool:
     return FIELD.search(message) is not None
 
 
+def _leads_to_a_field(spec: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    """Does ``loc`` (a pydantic error location) lead to something the spec holds?"""
+    node: Any = spec
+    for part in loc:
+        if part == "[key]":  # the error is about a map's key, the part before
+            return True
+        held = part in node if isinstance(node, dict) else isinstance(part, int) and 0 <= part < len(node)
+        if not isinstance(node, (dict, list)) or not held:
+            return False
+        node = node[part]
+    return True
+
+
+def _assert_names_the_fields(spec: dict[str, Any], e: ValidationError, message: str) -> None:
+    """The operator's SpecInvalid message for a spec the CRD admitted and the model refuses: each error the
+    model raised is at a field the spec holds (a missing one: in an object it holds), and the message names
+    the first of them and says what is wrong with it (it is cut at 2000 characters)."""
+    errors = e.errors()
+    assert errors and message, message
+    for err in errors:
+        loc = err["loc"][:-1] if err["type"] == "missing" else err["loc"]
+        assert _leads_to_a_field(spec, loc), f"the model blames {err['loc']}, not a field of the spec: {spec}"
+    first = errors[0]
+    field = ".".join(map(str, ("spec", *first["loc"])))
+    assert first["msg"] in message, (first["msg"], message)
+    if first["loc"]:  # else a rule on the whole spec
+        assert f"{field}: " in message and _names_a_field(message), (field, message)
+
+
 def _check_children(client, children: list[dict[str, Any]], namespace: str) -> None:
     for child in children:
         if child["kind"] == "ServiceMonitor":
@@ -250,12 +285,25 @@ def test_finetunejob_specs_are_rejected_naming_a_field_or_handled_cleanly(
     try:
         parsed = FineTuneJobSpec.model_validate(stored)
     except ValidationError as e:
-        # The permanent failure the operator reports for a spec the CRD let through.
-        error = "; ".join(f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        # The permanent failure the operator reports for a spec the CRD let through: the reconciler's own
+        # message, in the Failed condition, naming each field the model blamed.
+        reconciler = FineTuneJobReconciler(kube=None, settings=Settings(), post_event=lambda *_: None)
+        error = reconciler._desired(owner, {"spec": stored}, 1)
+        assert isinstance(error, str), "the model refuses the spec, yet the operator would build children"
         new_status, _ = ftj_status.compute({}, ftj_status.Observed(generation=1, spec_error=error))
-        assert new_status["phase"] == "Failed" and "spec." in error
+        failed = [c for c in new_status.get("conditions", []) if c["type"] == "Failed"]
+        assert new_status["phase"] == "Failed", new_status
+        assert [(c["status"], c["message"]) for c in failed] == [("True", error)], new_status
+        _assert_names_the_fields(stored, e, error)
         return
     _check_children(client, ftj_builders.children(owner, parsed, Settings()), namespace)
+    # The trainer takes the configuration the operator writes for it as is: every admitted spec loads.
+    written = ftj_builders.config_map(owner, parsed)["data"][ftj_contract.CONFIG_KEY]
+    try:
+        loaded = trainer_config.from_document(json.loads(written))
+    except InvalidInput as e:
+        pytest.fail(f"the trainer refuses the configuration of an admitted spec: {e}\n{written}")
+    assert loaded.model_dump(by_alias=True, exclude_none=True, mode="json") == json.loads(written)
 
 
 @EXAMPLES
@@ -272,7 +320,7 @@ def test_modeldeployment_specs_are_rejected_naming_a_field_or_handled_cleanly(
     try:
         parsed = ModelDeploymentSpec.model_validate(stored)
     except ValidationError as e:
-        assert "spec." in _spec_error(e)  # the SpecInvalid message the operator reports
+        _assert_names_the_fields(stored, e, _spec_error(e))  # the SpecInvalid message the operator reports
         return
     revisions = _served_v1(parsed, namespace)
     _check_children(client, md_builders.children(owner, parsed, Settings(), revisions), namespace)

@@ -278,7 +278,7 @@ def bad_dataset(store_dataset: Path) -> None:
                 }
             ),
             "ConfigInvalid",
-            "evaluation.suites.0.scorer: scorer.pattern is not a valid regular expression",
+            "evaluation.suites.0.scorer.pattern: scorer.pattern is not a valid regular expression",
         ),
     ],
 )

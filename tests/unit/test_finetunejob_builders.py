@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loraforge_operator.finetunejob import builders, contract
+from loraforge_operator.finetunejob import builders, contract, model
 from loraforge_operator.finetunejob.model import FineTuneJobSpec
 from loraforge_operator.settings import Settings
 from loraforge_operator.writes import is_subset
@@ -134,6 +134,19 @@ def test_resolved_config_makes_defaults_explicit() -> None:
     assert config["adapter"]["name"] == "demo"
     assert config["run"]["adapterDir"] == "/models/adapters/team-a/demo"
     assert config["run"]["checkpointDir"].startswith("/models/checkpoints/team-a/demo-6f1c2d3e")
+    # Resolved by the API's one function, and nothing left to it: the trainer applies no default itself.
+    spec = FineTuneJobSpec.model_validate({k: v for k, v in config.items() if k != contract.RUN_SECTION})
+    assert model.unresolved(spec) == []
+    assert spec == model.resolve(FineTuneJobSpec.model_validate({**VALID_SPEC, "method": "qlora"}), "demo")
+
+
+def test_resolved_config_keeps_what_the_spec_sets() -> None:
+    spec = {**VALID_SPEC, "training": {"maxSteps": 9}, "adapter": {"name": "mine"}}
+    config = json.loads(_build(spec)["ConfigMap/demo-config"]["data"]["config.json"])
+    assert config["training"]["maxSteps"] == 9 and "epochs" not in config["training"]
+    assert "quantization" not in config  # method lora
+    assert config["adapter"]["name"] == "mine"
+    assert config["run"]["adapterDir"] == "/models/adapters/team-a/mine"
 
 
 def test_configmap_dataset_is_mounted_read_only() -> None:

@@ -65,3 +65,12 @@ def test_trainer_declares_the_training_stack_from_its_shared_requirements_file(t
         if line.strip() and not line.startswith("#")
     }
     assert declared == pinned
+
+
+def test_the_trainer_package_carries_its_copy_of_the_api_models() -> None:
+    """jobs/pyproject.toml finds packages under src/: the generated API models must be packages of their
+    own (an __init__.py in each folder), or the trainer image would install the trainer without them."""
+    from setuptools import find_packages
+
+    packages = set(find_packages(REPO / "jobs" / "src"))
+    assert {"loraforge_trainer", "loraforge_trainer.api", "loraforge_trainer.api.finetunejob"} <= packages

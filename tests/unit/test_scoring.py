@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -54,7 +54,7 @@ def test_an_unknown_scorer_is_an_error() -> None:
 
 def test_the_trainers_copy_is_the_generated_one() -> None:
     """One definition: the trainer's scoring.py is written from the operator's by `make crds`."""
-    from loraforge_trainer import scoring as trainer_scoring
+    from loraforge_trainer.api import scoring as trainer_scoring
 
-    assert crds.trainer_scoring() == Path(trainer_scoring.__file__).read_text()
+    assert crds.trainer_api()[PurePosixPath("scoring.py")] == Path(trainer_scoring.__file__).read_text()
     assert trainer_scoring.SCORERS == scoring.SCORERS

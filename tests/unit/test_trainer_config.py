@@ -1,80 +1,157 @@
-"""The trainer's configuration against the FineTuneJob API it mirrors: the
-operator's resolved config loads, shared fields agree on names and defaults,
-and bad configurations fail naming the field. (No torch: config.py imports
-only pydantic and PyYAML.)"""
+"""The trainer's configuration is the FineTuneJob API's: the trainer reads it
+with a generated copy of the API models (fresh, importing only what the trainer
+image installs), defaults are resolved once (``model.resolve``, for the
+operator and the command line alike), the operator's resolved config loads as
+is and an unresolved one is refused, and bad configurations fail naming the
+field. (No torch: config.py imports only pydantic and PyYAML.)"""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata as md
 import json
+import re
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from loraforge_operator import crds
 from loraforge_operator.finetunejob import builders, contract, model
 from loraforge_trainer import config, errors
+from loraforge_trainer.api.finetunejob import model as trainer_api
 
 REPO = Path(__file__).resolve().parents[2]
+TRAINER = REPO / "jobs" / "src" / "loraforge_trainer"
 MINIMAL = {"baseModel": {"path": "base/m"}, "dataset": {"path": "d/train.jsonl"}}
-
-# (trainer section model, operator section model)
-SECTIONS = [
-    (config.BaseModelSource, model.BaseModelSource),
-    (config.Dataset, model.Dataset),
-    (config.LoraSettings, model.LoraSettings),
-    (config.Quantization, model.Quantization),
-    (config.TrainingSettings, model.TrainingSettings),
-    (config.Checkpoints, model.Checkpoints),
-    (config.EvaluationGate, model.EvaluationGate),
-    (config.Adapter, model.Adapter),
-    (config.Suite, model.EvaluationSuite),
-    (config.Scorer, model.Scorer),
-    (config.ModelCard, model.ModelCard),
-]
+OWNER = builders.Owner(name="tune", namespace="team-a", uid="0123456789abcdef")
 
 
 def aliases(cls) -> set[str]:
     return {f.alias or name for name, f in cls.model_fields.items()}
 
 
-@pytest.mark.parametrize(("trainer", "operator"), SECTIONS, ids=lambda c: c.__name__)
-def test_each_section_has_the_same_fields_as_the_api(trainer, operator) -> None:
-    assert aliases(trainer) == aliases(operator)
+def dump(spec) -> dict:
+    return spec.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def test_top_level_fields_are_the_api_fields_the_trainer_uses() -> None:
-    api = aliases(model.FineTuneJobSpec)
-    used = aliases(config.TrainConfig) - {"run"}
-    assert used | config.KUBERNETES_ONLY == api
-    assert not used & config.KUBERNETES_ONLY
+def test_the_trainers_api_models_are_the_generated_copy() -> None:
+    """One definition: loraforge_trainer/api/ is written from the operator's API modules by `make crds`."""
+    generated = crds.trainer_api()
+    assert {"finetunejob/model.py", "schema.py", "scoring.py"} <= {str(p) for p in generated}
+    for rel, text in generated.items():
+        assert (TRAINER / "api" / rel).read_text() == text, f"stale: {rel} (run `make crds`)"
+    files = {p: "" for p in (TRAINER / "api" / rel for rel in generated)}
+    assert crds.leftovers(TRAINER, files) == [], "modules no longer generated (run `make crds`)"
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_defaults_agree_with_the_api(method: str) -> None:
-    spec = model.FineTuneJobSpec.model_validate({**MINIMAL, "method": method})
-    api = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
-    mine = config.from_document({**MINIMAL, "method": method}).for_manifest()
-    for section in ("dataset", "lora", "checkpoints", "evaluation", "adapter"):
-        assert mine.get(section, {}) == api.get(section, {}), section
-    # the trainer fills in what the operator resolves: 1 epoch, QLoRA's quantization defaults
-    assert mine["training"] == {**api["training"], "epochs": 1}
-    if method == "qlora":
-        assert mine["quantization"] == model.Quantization().model_dump(by_alias=True, mode="json")
+def test_the_api_copy_imports_only_what_the_trainer_image_installs() -> None:
+    """The copy runs in the trainer image: the standard library and jobs/requirements.txt, nothing else."""
+    pinned = {
+        re.match(r"[A-Za-z0-9._-]+", line).group().lower().replace("_", "-")
+        for line in (REPO / "jobs" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    distributions = md.packages_distributions()
+    for rel in crds.trainer_api():
+        tree = ast.parse((TRAINER / "api" / rel).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                tops = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top in sys.stdlib_module_names or top == "__future__":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in distributions.get(top, [])}
+                assert dists & pinned, f"api/{rel} imports {top}: not in jobs/requirements.txt"
 
 
-def test_the_operators_resolved_config_loads() -> None:
+def test_the_trainers_config_is_the_api_spec_and_its_run_section() -> None:
+    assert issubclass(config.TrainConfig, trainer_api.FineTuneJobSpec)
+    assert aliases(config.TrainConfig) == aliases(model.FineTuneJobSpec) | {config.RUN}
+    assert config.RUN == contract.RUN_SECTION
+    assert config.Suite is trainer_api.EvaluationSuite
+    assert aliases(model.FineTuneJobSpec) > config.KUBERNETES_ONLY
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        MINIMAL,
+        {**MINIMAL, "method": "qlora"},
+        {**MINIMAL, "method": "qlora", "quantization": {"type": "fp4"}, "training": {"maxSteps": 7}},
+        {**MINIMAL, "adapter": {"name": "mine"}, "training": {"epochs": 3}},
+    ],
+    ids=["lora", "qlora", "qlora-set", "named"],
+)
+def test_defaults_are_resolved_once_for_the_operator_and_the_command_line(spec: dict) -> None:
+    parsed = model.FineTuneJobSpec.model_validate(spec)
+    resolved = model.resolve(parsed, OWNER.name)
+    assert (model.unresolved(parsed) == []) == (resolved == parsed)
+    assert model.unresolved(resolved) == [] and model.resolve(resolved, "other") == resolved
+    t = resolved.training
+    assert (t.epochs is None) != (t.max_steps is None)
+    assert (resolved.quantization is not None) == (resolved.method == "qlora")
+    assert resolved.adapter.name == (spec.get("adapter") or {}).get("name", OWNER.name)
+    # The operator writes exactly the resolved spec; the command line resolves a spec the same way.
+    body = builders.resolved_config(OWNER, parsed)
+    assert {k: v for k, v in body.items() if k != contract.RUN_SECTION} == dump(resolved)
+    standalone = config.from_document(spec)
+    expected = dump(model.resolve(parsed, config.STANDALONE_NAME))
+    assert standalone.for_manifest() == {k: v for k, v in expected.items() if k not in config.KUBERNETES_ONLY}
+
+
+def test_the_operators_resolved_config_loads_as_is() -> None:
     spec = model.FineTuneJobSpec.model_validate(
         {**MINIMAL, "method": "qlora", "resources": {"gpusPerNode": 2}, "evaluation": {"minImprovement": 0.1}}
     )
-    owner = builders.Owner(name="tune", namespace="team-a", uid="0123456789abcdef")
-    cm = builders.config_map(owner, spec)
-    cfg = config.from_document(json.loads(cm["data"][contract.CONFIG_KEY]))
+    cm = builders.config_map(OWNER, spec)
+    doc = json.loads(cm["data"][contract.CONFIG_KEY])
+    cfg = config.from_document(doc)
+    assert cfg.model_dump(by_alias=True, exclude_none=True, mode="json") == doc
     assert cfg.adapter_name == "tune"
     assert cfg.run.uid == "0123456789abcdef" and cfg.run.model_store == contract.MODEL_STORE_MOUNT
     assert cfg.dataset_file() == Path("/models/d/train.jsonl")
     assert str(cfg.adapter_dir()) == "/models/adapters/team-a/tune"
     assert str(cfg.checkpoint_dir()).startswith("/models/checkpoints/team-a/tune-")
     assert cfg.evaluation.min_improvement == 0.1 and cfg.quantization is not None
+    assert cfg.resources.gpus_per_node == 2  # the whole spec, Kubernetes' part too
+    assert "resources" not in cfg.for_manifest() and "run" not in cfg.for_manifest()
+
+
+@pytest.mark.parametrize(
+    ("drop", "field"),
+    [
+        (("training", "epochs"), "training.epochs"),
+        (("quantization",), "quantization"),
+        (("adapter", "name"), "adapter.name"),
+    ],
+)
+def test_a_resolved_config_that_leaves_a_default_open_is_refused(drop: tuple[str, ...], field: str) -> None:
+    """The trainer applies no default of its own: what the operator did not resolve is an error."""
+    spec = model.FineTuneJobSpec.model_validate({**MINIMAL, "method": "qlora"})
+    doc = builders.resolved_config(OWNER, spec)
+    *parents, last = drop
+    node = doc
+    for key in parents:
+        node = node[key]
+    del node[last]
+    with pytest.raises(errors.InvalidInput) as e:
+        config.from_document(doc)
+    assert e.value.reason == errors.CONFIG_INVALID
+    assert f"the configuration is not resolved ({field} not set)" in e.value.message
+
+
+def test_a_spec_on_the_command_line_is_resolved_with_the_run_section_from_the_flags() -> None:
+    cfg = config.from_document(MINIMAL, [("run.modelStore", "/store"), ("training.maxSteps", 5)])
+    assert cfg.run.model_store == "/store" and cfg.training.max_steps == 5 and cfg.training.epochs is None
+    assert cfg.adapter_name == config.STANDALONE_NAME
+    assert cfg.checkpoint_dir() == Path("/store/checkpoints/adapter")
 
 
 def test_exit_code_for_bad_input_is_the_one_the_job_fails_fast_on() -> None:
@@ -117,9 +194,14 @@ def test_overrides_are_yaml_values_at_dotted_keys() -> None:
             "quantization.type: Input should be",
         ),
         (
-            {**MINIMAL, "dataset": {"path": "d", "validationSplit": 0}, "evaluation": {"maxEvalLoss": 1}},
-            "the evaluation gate needs held-out records",
+            {**MINIMAL, "quantization": {"type": "nf4"}},
+            "quantization applies only to method qlora",
         ),
+        (
+            {**MINIMAL, "resources": {"memory": "lots"}},
+            "resources.memory: String should match pattern",
+        ),
+        ({**MINIMAL, "run": {"modelStore": "/m", "where": "x"}}, "run.where: unknown field"),
     ],
 )
 def test_bad_configurations_name_the_field(doc: dict, says: str) -> None:
@@ -138,10 +220,20 @@ def test_an_unreadable_or_malformed_file_is_a_config_error(tmp_path: Path) -> No
         config.load(bad)
 
 
-def test_suite_defaults_agree_with_the_api() -> None:
+def test_suite_defaults_are_the_apis() -> None:
     doc = {
         **MINIMAL,
         "evaluation": {"suites": [{"name": "qa", "heldOut": True}, {"name": "s", "path": "s.jsonl"}]},
     }
     api = model.FineTuneJobSpec.model_validate(doc).model_dump(by_alias=True, exclude_none=True, mode="json")
     assert config.from_document(doc).for_manifest()["evaluation"] == api["evaluation"]
+
+
+def test_a_loss_threshold_without_held_out_records_is_refused_by_the_api_not_the_trainer() -> None:
+    """Once the trainer's own rule, unknown to the API: admitted, the job failed in its pod. The API's rule
+    now refuses it at admission; the trainer's configuration refuses it by that same rule."""
+    doc = {**MINIMAL, "dataset": {"path": "d", "validationSplit": 0}, "evaluation": {"maxEvalLoss": 1}}
+    with pytest.raises(ValidationError, match="held-out records"):
+        model.FineTuneJobSpec.model_validate(doc)
+    with pytest.raises(errors.InvalidInput, match="held-out records"):
+        config.from_document(doc)

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import data, scoring
+from . import data
+from .api import scoring
 from .config import Suite, TrainConfig
 from .errors import SUITE_INVALID, InvalidInput
 

@@ -4,7 +4,11 @@
                     [--model-store DIR] [--output DIR] [--checkpoint-dir DIR] [--check]
 
 `--config` takes the operator's resolved configuration (JSON), a YAML file with
-the same fields as a FineTuneJob's spec, or a whole FineTuneJob manifest.
+the same fields as a FineTuneJob's spec, or a whole FineTuneJob manifest. The
+operator's configuration (it has a `run` section) is used as is; a spec or a
+manifest is resolved first, by the API's own `resolve` (1 epoch when neither
+epochs nor maxSteps is set, QLoRA's quantization defaults, the adapter named
+after the FineTuneJob, else `adapter`), as the operator would resolve it.
 Relative paths in it (baseModel.path, dataset.path) are read from the model
 store, `--model-store` (default: the current folder). Exit codes: 0 done (also
 when the adapter failed its evaluation gate: it is published and marked so), 3

@@ -1,198 +1,47 @@
 """The training configuration: loaded, overridden and validated before any
 model loads.
 
-Inside Kubernetes the operator writes it (the FineTuneJob's spec with every
-default explicit, plus a ``run`` section saying where things are in the pod).
-Outside, the same file format works from the command line; a FineTuneJob
-manifest is accepted as is (its ``spec`` is used), so a job can be tried on a
-workstation before it is submitted.
+Inside Kubernetes the operator writes it: the FineTuneJob's spec resolved (every
+default that depends on other fields or on the job's name made explicit, by
+``finetunejob.model.resolve``), plus a ``run`` section saying where things are
+in the pod. Such a configuration is taken as is: nothing is defaulted here, and
+one that leaves a field unresolved is refused. Outside, ``loraforge-train``
+also takes a FineTuneJob's spec (YAML) or a whole FineTuneJob manifest, and
+resolves it with the same ``resolve``, so a job can be tried on a workstation
+before it is submitted.
 
-The field names, meanings and defaults are those of the FineTuneJob API
-(``loraforge_operator.finetunejob.model``, documented in
-docs/reference/finetunejob.md). This package does not import the operator (the
-trainer image carries only the trainer), so the subset the trainer reads is
-declared here and a unit test holds the two in step.
+The shape of the configuration is the FineTuneJob API's, not a copy of it: this
+package does not import the operator (the trainer image carries only the
+trainer), so ``python -m loraforge_operator.crds`` writes the API models into
+``loraforge_trainer/api/`` and a unit test fails when that copy is stale.
+``TrainConfig`` is the API's spec model plus the ``run`` section and the
+trainer's own helpers.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from . import scoring
+from .api.finetunejob import model as api
 from .errors import BASE_MODEL_INVALID, CONFIG_INVALID, DATASET_INVALID, SUITE_INVALID, InvalidInput
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# The API's models under the names the trainer uses.
+Suite = api.EvaluationSuite
+EvaluationGate = api.EvaluationGate
 
+RUN = "run"  # the section the operator adds (contract.RUN_SECTION); its presence marks a resolved config
+# The adapter's name when a spec given on the command line names neither it nor a FineTuneJob.
+STANDALONE_NAME = "adapter"
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
-class BaseModelSource(_Model):
-    path: str | None = None
-    hugging_face_id: str | None = None
-    revision: str = "main"
-
-    @model_validator(mode="after")
-    def _one(self) -> BaseModelSource:
-        if (self.path is None) == (self.hugging_face_id is None):
-            raise ValueError("set exactly one of baseModel.path or baseModel.huggingFaceId")
-        return self
-
-
-class ConfigMapKey(_Model):
-    name: str
-    key: str
-
-
-class Dataset(_Model):
-    path: str | None = None
-    config_map: ConfigMapKey | None = None
-    format: Literal["chat", "instruction", "completion", "text"] = "chat"
-    validation_path: str | None = None
-    validation_split: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
-    on_invalid_record: Literal["Fail", "Skip"] = "Fail"
-    max_skipped_records: Annotated[int, Field(ge=0)] = 0
-
-    @model_validator(mode="after")
-    def _rules(self) -> Dataset:
-        if (self.path is None) == (self.config_map is None):
-            raise ValueError("set exactly one of dataset.path or dataset.configMap")
-        if self.on_invalid_record == "Fail" and self.max_skipped_records:
-            raise ValueError("dataset.maxSkippedRecords applies only with onInvalidRecord: Skip")
-        return self
-
-
-class LoraSettings(_Model):
-    r: Annotated[int, Field(ge=1)] = 16
-    alpha: Annotated[int, Field(ge=1)] = 32
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
-    target_modules: Annotated[list[str], Field(min_length=1)] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
-
-
-class Quantization(_Model):
-    type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-
-
-class TrainingSettings(_Model):
-    epochs: Annotated[int, Field(ge=1)] | None = None
-    max_steps: Annotated[int, Field(ge=1)] | None = None
-    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-4
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
-    batch_size: Annotated[int, Field(ge=1)] = 4
-    gradient_accumulation_steps: Annotated[int, Field(ge=1)] = 4
-    max_seq_length: Annotated[int, Field(ge=16)] = 1024
-    packing: bool = False
-    gradient_checkpointing: bool = True
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
-    logging_steps: Annotated[int, Field(ge=1)] = 10
-
-    @model_validator(mode="after")
-    def _steps_or_epochs(self) -> TrainingSettings:
-        if self.epochs is not None and self.max_steps is not None:
-            raise ValueError("set either training.epochs or training.maxSteps, not both")
-        return self
-
-
-class Checkpoints(_Model):
-    every_steps: Annotated[int, Field(ge=1)] = 100
-    keep: Annotated[int, Field(ge=1)] = 2
-
-
-class Scorer(_Model):
-    type: Literal["contains", "exact", "regex", "tokenF1"] = "contains"
-    pattern: str | None = None
-    min_f1: Annotated[float, Field(gt=0.0, le=1.0)] = scoring.DEFAULT_MIN_F1
-
-    @model_validator(mode="after")
-    def _pattern(self) -> Scorer:
-        if self.pattern is not None:
-            if self.type != "regex":
-                raise ValueError("scorer.pattern applies only to scorer type regex")
-            bad = scoring.pattern_problem(self.pattern)
-            if bad:
-                raise ValueError(f"scorer.pattern is {bad}")
-        return self
-
-
-class Suite(_Model):
-    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
-    held_out: bool = False
-    path: str | None = None
-    config_map: ConfigMapKey | None = None
-    scorer: Scorer = Field(default_factory=Scorer)
-    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    min_gain: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
-    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 64
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Suite:
-        if self.held_out + (self.path is not None) + (self.config_map is not None) != 1:
-            raise ValueError("set exactly one of heldOut: true, path or configMap")
-        return self
-
-
-class EvaluationGate(_Model):
-    max_eval_loss: Annotated[float, Field(gt=0.0)] | None = None
-    min_improvement: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
-    suites: Annotated[list[Suite], Field(max_length=16)] = Field(default_factory=list)
-    generation_batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
-
-    @model_validator(mode="after")
-    def _unique(self) -> EvaluationGate:
-        names = [s.name for s in self.suites]
-        dup = next((n for n in names if names.count(n) > 1), None)
-        if dup:
-            raise ValueError(f"evaluation.suites: two suites are named {dup}")
-        return self
-
-    @property
-    def is_set(self) -> bool:
-        """A loss threshold is set (the held-out loss is then needed)."""
-        return self.max_eval_loss is not None or self.min_improvement is not None
-
-
-class ModelCard(_Model):
-    intended_use: str | None = None
-    out_of_scope: str | None = None
-    limitations: str | None = None
-    ethical_considerations: str | None = None
-    training_data: str | None = None
-
-
-class Adapter(_Model):
-    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] | None = None
-    model_card: ModelCard = Field(default_factory=ModelCard)
-
-
-class Run(_Model):
-    """Where things are. Written by the operator; on the command line it is
-    derived from the flags (see cli.py)."""
-
-    model_store: str = "."
-    dataset_dir: str | None = None  # where a ConfigMap dataset is mounted
-    suites_dir: str | None = None  # where ConfigMap suites are mounted, one folder per suite
-    checkpoint_dir: str | None = None
-    adapter_dir: str | None = None
-    namespace: str | None = None
-    fine_tune_job: str | None = None
-    uid: str | None = None
-    progress_config_map: str | None = None
-
-
-# FineTuneJob fields that only concern Kubernetes; the trainer ignores them.
+# FineTuneJob fields that only concern Kubernetes: the trainer reads them (they are part of the spec) but
+# leaves them out of what it records with a published revision.
 KUBERNETES_ONLY = frozenset(
     {
         "resources",
@@ -206,56 +55,53 @@ KUBERNETES_ONLY = frozenset(
 )
 
 
-class TrainConfig(_Model):
-    base_model: BaseModelSource
-    dataset: Dataset
-    method: Literal["lora", "qlora"] = "lora"
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    quantization: Quantization | None = None
-    training: TrainingSettings = Field(default_factory=TrainingSettings)
-    checkpoints: Checkpoints = Field(default_factory=Checkpoints)
-    evaluation: EvaluationGate = Field(default_factory=EvaluationGate)
-    adapter: Adapter = Field(default_factory=Adapter)
+class Run(BaseModel):
+    """Where things are. Written by the operator; on the command line it is
+    derived from the flags (see cli.py)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    model_store: str = "."
+    dataset_dir: str | None = None  # where a ConfigMap dataset is mounted
+    suites_dir: str | None = None  # where ConfigMap suites are mounted, one folder per suite
+    checkpoint_dir: str | None = None
+    adapter_dir: str | None = None
+    namespace: str | None = None
+    fine_tune_job: str | None = None
+    uid: str | None = None
+    progress_config_map: str | None = None
+
+
+class TrainConfig(api.FineTuneJobSpec):
+    """A resolved FineTuneJob spec (its fields, limits and cross-field rules are the API's) and where
+    things are."""
+
     run: Run = Field(default_factory=Run)
 
     @model_validator(mode="after")
-    def _cross_field(self) -> TrainConfig:
-        if self.method != "qlora" and self.quantization is not None:
-            raise ValueError("quantization applies only to method qlora")
-        if self.method == "qlora" and self.quantization is None:
-            self.quantization = Quantization()
-        if self.training.epochs is None and self.training.max_steps is None:
-            self.training.epochs = 1
-        if (
-            self.evaluation.is_set
-            and self.dataset.validation_path is None
-            and self.dataset.validation_split == 0
-        ):
+    def _resolved(self) -> TrainConfig:
+        left = api.unresolved(self)
+        if left:
             raise ValueError(
-                "the evaluation gate needs held-out records: set dataset.validationSplit > 0 "
-                "or dataset.validationPath"
-            )
-        if self.dataset.config_map is not None and self.dataset.validation_path is not None:
-            raise ValueError("dataset.validationPath needs dataset.path (the model store)")
-        held_out = [s.name for s in self.evaluation.suites if s.held_out]
-        if held_out and self.dataset.format == "text":
-            raise ValueError(
-                f"evaluation suite {held_out[0]}: heldOut needs questions with answers; "
-                "dataset.format text has none"
-            )
-        if held_out and self.dataset.validation_path is None and self.dataset.validation_split == 0:
-            raise ValueError(
-                f"evaluation suite {held_out[0]}: heldOut needs held-out records: "
-                "set dataset.validationSplit > 0 "
-                "or dataset.validationPath"
+                f"the configuration is not resolved ({', '.join(left)} not set): one with a `{RUN}` section "
+                "is taken as the operator writes it, every default explicit; without `run` a FineTuneJob "
+                "spec is resolved here"
             )
         return self
 
-    # --- where things are -------------------------------------------------------
+    # --- derived -----------------------------------------------------------------
 
     @property
     def adapter_name(self) -> str:
-        return self.adapter.name or self.run.fine_tune_job or "adapter"
+        assert self.adapter.name is not None  # resolved
+        return self.adapter.name
+
+    @property
+    def loss_gate(self) -> bool:
+        """A threshold on the held-out loss is set (the held-out loss is then needed)."""
+        return self.evaluation.max_eval_loss is not None or self.evaluation.min_improvement is not None
+
+    # --- where things are -------------------------------------------------------
 
     def store_path(self, relative: str) -> Path:
         return Path(self.run.model_store) / relative
@@ -295,8 +141,10 @@ class TrainConfig(_Model):
         return Path(self.run.adapter_dir or self.store_path(f"adapters/{self.adapter_name}"))
 
     def for_manifest(self) -> dict[str, Any]:
-        """What was asked for, as recorded with the published revision (no run paths)."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"run"})
+        """What was asked for, as recorded with the published revision (no run paths, nothing that only
+        concerns Kubernetes)."""
+        exclude = {RUN, *(n for n, f in type(self).model_fields.items() if (f.alias or n) in KUBERNETES_ONLY)}
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json", exclude=exclude)
 
 
 def _set_dotted(doc: dict[str, Any], dotted: str, value: Any) -> None:
@@ -332,22 +180,38 @@ def _describe(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _validated(model: type[BaseModel], doc: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(doc)
+    except ValidationError as e:
+        raise InvalidInput(CONFIG_INVALID, _describe(e)) from None
+
+
 def from_document(doc: Any, overrides: list[tuple[str, Any]] = ()) -> TrainConfig:
+    """A configuration from a document: the operator's resolved configuration (it has a ``run`` section),
+    taken as is; or a FineTuneJob's spec or a whole FineTuneJob manifest, resolved by the API's
+    ``resolve``. ``overrides`` (dotted keys) apply to the document before either."""
     if not isinstance(doc, dict):
         raise InvalidInput(CONFIG_INVALID, "the configuration must be a mapping")
+    resolved = RUN in doc and doc.get("kind") != "FineTuneJob"
     if doc.get("kind") == "FineTuneJob":
         spec = doc.get("spec")
         if not isinstance(spec, dict):
             raise InvalidInput(CONFIG_INVALID, "the FineTuneJob has no spec")
-        run = {"fineTuneJob": (doc.get("metadata") or {}).get("name")}
-        doc = {**spec, "run": {k: v for k, v in run.items() if v}}
-    doc = {k: v for k, v in doc.items() if k not in KUBERNETES_ONLY}
+        name = (doc.get("metadata") or {}).get("name")
+        doc = {**spec, RUN: {"fineTuneJob": name} if name else {}}
+    doc = copy.deepcopy(doc)  # the overrides change a copy
     for key, value in overrides:
         _set_dotted(doc, key, value)
-    try:
-        return TrainConfig.model_validate(doc)
-    except ValidationError as e:
-        raise InvalidInput(CONFIG_INVALID, _describe(e)) from None
+    if resolved:
+        return _validated(TrainConfig, doc)
+    run = doc.pop(RUN, None) or {}
+    if not isinstance(run, dict):
+        raise InvalidInput(CONFIG_INVALID, f"{RUN}: must be a mapping")
+    spec = _validated(api.FineTuneJobSpec, doc)
+    name = run.get("fineTuneJob") or STANDALONE_NAME
+    body = api.resolve(spec, name).model_dump(by_alias=True, exclude_none=True, mode="json")
+    return _validated(TrainConfig, {**body, RUN: run})
 
 
 def load(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> TrainConfig:

@@ -232,10 +232,10 @@ def gate(
 ) -> tuple[bool, str]:
     g = cfg.evaluation
     thresholds = any(s.min_accuracy is not None or s.min_gain is not None for s in g.suites)
-    if not g.is_set and not thresholds:
+    if not cfg.loss_gate and not thresholds:
         return True, "no gate set; metrics recorded only"
     why = [w for r in suites for w in r.gate()]
-    if not g.is_set:
+    if not cfg.loss_gate:
         return (not why), ("; ".join(why) or "every condition of the gate holds")
     if eval_loss is None or base_loss is None:
         return False, "; ".join(["no held-out records to evaluate", *why])
@@ -482,7 +482,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> publish.Published:
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        num_train_epochs=t.epochs or 1,
+        num_train_epochs=t.epochs or 1,  # ignored with maxSteps set (resolved: one of the two is)
         max_steps=t.max_steps or -1,
         logging_steps=t.logging_steps,
         logging_first_step=True,  # progress shows at once, and a short run's loss curve has a start

@@ -6,8 +6,8 @@ answers with these rules, and the operator scores a new serving pod's answers
 with them, so "72/72 in training" and "72/72 on the pod" mean the same thing.
 The trainer image does not carry the operator, so ``python -m
 loraforge_operator.crds`` writes a copy of this file into the trainer's package
-(``loraforge_trainer/scoring.py``) and a unit test fails when the copy is
-stale. Standard library only.
+(``loraforge_trainer/api/scoring.py``, with the API models) and a unit test
+fails when the copy is stale. Standard library only.
 
 Scorers (``scorer.type``):
 

@@ -27,7 +27,7 @@ from ..settings import (
     pull_secrets,
 )
 from . import contract
-from .model import FineTuneJobSpec, Quantization
+from .model import FineTuneJobSpec, resolve
 
 Manifest = dict[str, Any]
 
@@ -57,15 +57,10 @@ def _meta(owner: Owner, name: str, component: str) -> dict[str, Any]:
 
 
 def resolved_config(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
-    """The training configuration the trainer receives: the spec with every
-    default made explicit, plus where things are inside the pod."""
-    resolved = spec.model_copy(deep=True)
-    if resolved.training.epochs is None and resolved.training.max_steps is None:
-        resolved.training.epochs = 1
-    if resolved.method == "qlora" and resolved.quantization is None:
-        resolved.quantization = Quantization()
-    adapter = resolved.adapter.name or owner.name
-    resolved.adapter.name = adapter
+    """The training configuration the trainer receives (see contract.py): the spec resolved
+    (model.resolve: every default explicit), plus where things are inside the pod (``run``)."""
+    resolved = resolve(spec, owner.name)
+    adapter = resolved.adapter.name
     body = resolved.model_dump(by_alias=True, exclude_none=True, mode="json")
     run = {
         "namespace": owner.namespace,
@@ -81,7 +76,7 @@ def resolved_config(owner: Owner, spec: FineTuneJobSpec) -> dict[str, Any]:
         "adapterDir": f"{contract.MODEL_STORE_MOUNT}/adapters/{owner.namespace}/{adapter}",
         "progressConfigMap": contract.progress_map_name(owner.name),
     }
-    body["run"] = {k: v for k, v in run.items() if v is not None}
+    body[contract.RUN_SECTION] = {k: v for k, v in run.items() if v is not None}
     return body
 
 

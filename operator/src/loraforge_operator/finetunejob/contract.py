@@ -18,6 +18,16 @@ from __future__ import annotations
 
 CONFIG_DIR = "/etc/loraforge"
 CONFIG_KEY = "config.json"  # the resolved training configuration (JSON)
+# The resolved configuration is the FineTuneJob's spec as ``model.resolve`` leaves it (every default that
+# depends on other fields or on the FineTuneJob's name made explicit), camelCase as in the API, plus a
+# ``RUN_SECTION`` saying where things are inside the pod:
+# {"namespace", "fineTuneJob", "uid", "modelStore", "datasetDir"?, "suitesDir"?, "checkpointDir",
+#  "adapterDir", "progressConfigMap"}. The trainer reads it with a generated copy of the API models
+# (``loraforge_trainer.api``, written by ``python -m loraforge_operator.crds``), so both ends parse one
+# definition. A configuration with a run section is taken as resolved: the trainer applies no default
+# of its own and refuses one that leaves a field to ``model.resolve`` (a spec without a run section, given
+# to ``loraforge-train`` on a workstation, is resolved by the trainer with the same function).
+RUN_SECTION = "run"
 
 MODEL_STORE_MOUNT = "/models"
 DATASET_MOUNT = "/data"

@@ -604,6 +604,44 @@ class FineTuneJobSpec(ApiModel):
 MUTABLE_AFTER_START = ("suspend",)
 
 
+# --- resolution: what the spec leaves implicit, decided once -------------------------------------------
+# A few fields have no fixed default: they depend on other fields or on the FineTuneJob's name. They are
+# decided here and nowhere else: the operator writes the resolved spec into the trainer's configuration
+# (builders.resolved_config), the trainer's command line resolves a spec it is given with this same code
+# (the trainer's copy of this module), and the trainer refuses a configuration that leaves one open.
+
+DEFAULT_EPOCHS = 1
+
+
+def resolve(spec: FineTuneJobSpec, name: str) -> FineTuneJobSpec:
+    """``spec`` with nothing left to defaults that depend on other fields: `training.epochs` 1 when neither
+    it nor `training.maxSteps` is set, `quantization` QLoRA's defaults with `method: qlora`, `adapter.name`
+    ``name`` (the FineTuneJob's) when unset. A resolved spec resolves to itself."""
+    resolved = spec.model_copy(deep=True)
+    if resolved.training.epochs is None and resolved.training.max_steps is None:
+        resolved.training.epochs = DEFAULT_EPOCHS
+    if resolved.method == "qlora" and resolved.quantization is None:
+        resolved.quantization = Quantization()
+    if resolved.adapter.name is None:
+        resolved.adapter.name = name
+    return resolved
+
+
+def unresolved(spec: FineTuneJobSpec) -> list[str]:
+    """The fields ``resolve`` would still decide (dotted camelCase paths); empty for a resolved spec."""
+
+    def paths(before: object, after: object, prefix: str) -> list[str]:
+        if isinstance(before, dict) and isinstance(after, dict):
+            keys = sorted(before.keys() | after.keys())
+            return [p for k in keys for p in paths(before.get(k), after.get(k), f"{prefix}{k}.")]
+        return [] if before == after else [prefix.rstrip(".")]
+
+    def dump(s: FineTuneJobSpec) -> dict:
+        return s.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    return paths(dump(spec), dump(resolve(spec, "-")), "")
+
+
 # --- status ------------------------------------------------------------------
 
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
