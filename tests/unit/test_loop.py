@@ -225,3 +225,21 @@ def test_one_table_names_where_each_kind_is_served(kind: str) -> None:
     assert path.endswith(f"/namespaces/ns/{resource.plural}/x")
     with pytest.raises(ValueError, match="served as"):
         kube._path("v9", kind, "ns", "x")
+
+
+def test_every_index_a_reconcile_reads_and_every_child_event_is_registered_with_kopf() -> None:
+    import kopf
+
+    from loraforge_operator import handlers  # noqa: F401  (registers)
+    from loraforge_operator.finetunejob import handlers as ftj_handlers
+
+    registry = kopf.get_default_registry()
+    indexes = {str(h.id) for h in registry._indexing.get_all_handlers()}
+    events = {str(h.id) for h in registry._watching.get_all_handlers()}
+    for child in ftj_handlers.CHILD_KINDS:
+        assert f"owned_{child.plural}" in indexes and f"child_{child.plural}" in events
+    for child in md_handlers.CHILD_KINDS:
+        assert f"md_owned_{child.plural}" in indexes and f"md_child_{child.plural}" in events
+    assert {"finetunejobs", "owned_pods", "modeldeployments", "md_pods", "md_finetunejobs"} <= indexes
+    assert {"child_pods", "md_child_pods", "finetunejob_event", "modeldeployment_event"} <= events
+    assert "md_finetunejob_event" in events

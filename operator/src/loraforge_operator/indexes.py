@@ -7,10 +7,12 @@ live mappings: kopf updates them in place as events arrive.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import kopf
 
+from .api import Resource
 from .packed import Packed
 
 
@@ -50,3 +52,32 @@ class Indexes:
 
 
 INDEXES = Indexes()
+
+
+def index_owned(label: str, resources: Iterable[Resource], prefix: str, keep: Callable[[Any], Any]) -> None:
+    """Index each kind of ``resources`` that carries ``label`` under (namespace, the owner the label names),
+    as ``(kind, name, keep(body))``, in an index named ``<prefix><plural>``."""
+
+    def indexer(kind: str):
+        async def index(namespace: str, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any):
+            return {(namespace, labels[label]): (kind, name, keep(body))}
+
+        return index
+
+    for resource in resources:
+        kopf.index(*resource.gvp, labels={label: kopf.PRESENT}, id=f"{prefix}{resource.plural}")(
+            indexer(resource.kind)
+        )
+
+
+def on_owned_events(
+    label: str, resources: Iterable[Resource], prefix: str, enqueue: Callable[[tuple[str, str]], None]
+) -> None:
+    """On any event of a kind of ``resources`` that carries ``label``, enqueue the owner the label names."""
+
+    async def event(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
+        INDEXES.update(kwargs)
+        enqueue((namespace, labels[label]))
+
+    for resource in resources:
+        kopf.on.event(*resource.gvp, labels={label: kopf.PRESENT}, id=f"{prefix}{resource.plural}")(event)

@@ -17,7 +17,7 @@ from typing import Any
 import kopf
 
 from .. import api, metrics
-from ..indexes import INDEXES, packed
+from ..indexes import INDEXES, index_owned, on_owned_events, packed
 from ..kube import Kube
 from ..loop import Loop
 from ..packed import Packed
@@ -72,15 +72,7 @@ async def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> 
     return {(namespace, name): packed(body)}
 
 
-def _child_indexer(kind: str):
-    async def index(namespace: str, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any):
-        return {(namespace, labels[LABEL_FINETUNEJOB]): (kind, name, packed(body))}
-
-    return index
-
-
-for _child in CHILD_KINDS:
-    kopf.index(*_child.gvp, labels=OWNED, id=f"owned_{_child.plural}")(_child_indexer(_child.kind))
+index_owned(LABEL_FINETUNEJOB, CHILD_KINDS, "owned_", packed)
 
 
 # Training pods (they carry the label through the Job's template): their scheduling and exit state explain a
@@ -144,10 +136,5 @@ async def finetunejob_event(type: str, namespace: str, name: str, **kwargs: Any)
     enqueue(key)
 
 
-async def _child_event(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
-    INDEXES.update(kwargs)
-    enqueue((namespace, labels[LABEL_FINETUNEJOB]))
-
-
-for _child in [*CHILD_KINDS, POD]:
-    kopf.on.event(*_child.gvp, labels=OWNED, id=f"child_{_child.plural}")(_child_event)
+# Any event of a child or a training pod enqueues the owner (a wrapper that calls the current `enqueue`).
+on_owned_events(LABEL_FINETUNEJOB, [*CHILD_KINDS, POD], "child_", lambda key: enqueue(key))

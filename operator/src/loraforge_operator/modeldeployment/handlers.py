@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 from .. import api
-from ..indexes import INDEXES, trimmed
+from ..indexes import INDEXES, index_owned, on_owned_events, trimmed
 from ..kube import Kube
 from ..loop import Loop
 from ..settings import LABEL_MODELDEPLOYMENT, Settings
@@ -74,15 +74,7 @@ async def modeldeployments(namespace: str, name: str, body: kopf.Body, **_: Any)
     return {(namespace, name): trimmed(body)}
 
 
-def _child_indexer(kind: str):
-    async def index(namespace: str, name: str, labels: kopf.Labels, body: kopf.Body, **_: Any):
-        return {(namespace, labels[LABEL_MODELDEPLOYMENT]): (kind, name, trimmed(body))}
-
-    return index
-
-
-for _child in CHILD_KINDS:
-    kopf.index(*_child.gvp, labels=OWNED, id=f"md_owned_{_child.plural}")(_child_indexer(_child.kind))
+index_owned(LABEL_MODELDEPLOYMENT, CHILD_KINDS, "md_owned_", trimmed)
 
 
 @kopf.index(*POD.gvp, labels=OWNED, id="md_pods")
@@ -144,13 +136,8 @@ async def modeldeployment_event(type: str, namespace: str, name: str, **kwargs: 
     enqueue(key)
 
 
-async def _child_event(namespace: str, labels: kopf.Labels, **kwargs: Any) -> None:
-    INDEXES.update(kwargs)
-    enqueue((namespace, labels[LABEL_MODELDEPLOYMENT]))
-
-
-for _child in [*CHILD_KINDS, POD]:
-    kopf.on.event(*_child.gvp, labels=OWNED, id=f"md_child_{_child.plural}")(_child_event)
+# Any event of a child or a serving pod enqueues the owner (a wrapper that calls the current `enqueue`).
+on_owned_events(LABEL_MODELDEPLOYMENT, [*CHILD_KINDS, POD], "md_child_", lambda key: enqueue(key))
 
 
 @kopf.on.event(*api.FINETUNEJOB.gvp, id="md_finetunejob_event")
