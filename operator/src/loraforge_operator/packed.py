@@ -32,18 +32,5 @@ class Packed:
     def unpack(self) -> Any:
         return json.loads(zlib.decompress(self._data))
 
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Packed) and self._data == other._data
-
-    def __hash__(self) -> int:
-        return hash(self._data)
-
     def __repr__(self) -> str:
         return f"Packed({len(self._data)} bytes)"
-
-
-def pack(obj: Any) -> Packed:
-    return Packed(obj)

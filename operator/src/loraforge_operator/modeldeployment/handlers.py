@@ -45,6 +45,8 @@ class State:
     reconciler: ModelDeploymentReconciler | None = None
     loop: Loop | None = None
     # FineTuneJob -> what the namespace's ModelDeployments last saw of it (to wake them only on a change).
+    # Reconciles read the md_finetunejobs index, not this: kopf fills indexes before any handler runs, so a
+    # ModelDeployment never resolves from a half-listed namespace.
     seen: dict[Key, dict[str, Any]] = {}  # noqa: RUF012
 
 
