@@ -24,6 +24,7 @@ class Resource:
     version: str
     plural: str
     kind: str
+    namespaced: bool = True
 
     @property
     def api_version(self) -> str:
@@ -34,10 +35,14 @@ class Resource:
         """(group, version, plural): how kopf names a resource to watch or index."""
         return (self.group, self.version, self.plural)
 
-    def collection(self, namespace: str) -> str:
-        """URL path of the namespaced collection."""
+    def collection(self, namespace: str | None = None) -> str:
+        """URL path of the collection: in ``namespace`` for a namespaced kind (all namespaces without one)."""
         prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        return f"{prefix}/namespaces/{namespace}/{self.plural}"
+        if self.namespaced and namespace:
+            return f"{prefix}/namespaces/{namespace}/{self.plural}"
+        if not self.namespaced and namespace:
+            raise ValueError(f"{self.kind} is not namespaced")
+        return f"{prefix}/{self.plural}"
 
 
 def _table(*resources: Resource) -> dict[str, Resource]:
@@ -63,6 +68,11 @@ RESOURCES = _table(
     Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
     # Another project's API (prometheus-operator): optional; where its CRD is missing nothing is watched.
     Resource("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor"),
+    # High availability (peering.py): kopf's peering objects.
+    Resource("kopf.dev", "v1", "kopfpeerings", "KopfPeering"),
+    Resource("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering", namespaced=False),
+    # `loraforge approve` asks who the user is.
+    Resource("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", namespaced=False),
 )
 # loraforge's own kinds -> plural (the CRDs).
 KINDS = {r.kind: r.plural for r in (FINETUNEJOB, MODELDEPLOYMENT)}

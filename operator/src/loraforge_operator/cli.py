@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
+import os
 import re
 import sys
 from typing import Any
@@ -37,46 +36,36 @@ class CliError(Exception):
     pass
 
 
-async def _connect(namespace: str | None) -> tuple[bool, str]:
-    """Load the in-cluster or kubeconfig credentials; whether in the cluster, and the namespace to use."""
-    from kubernetes_asyncio import config
-
-    try:
-        config.load_incluster_config()
-        in_cluster = True
-    except config.ConfigException:
-        await config.load_kube_config()
-        in_cluster = False
-    if namespace is None:
-        _, active = config.list_kube_config_contexts() if not in_cluster else (None, {})
-        namespace = ((active or {}).get("context") or {}).get("namespace") or "default"
-    return in_cluster, namespace
+FIELD_MANAGER = "loraforge-cli"
 
 
 async def _find(name: str, namespace: str | None) -> tuple[str, str]:
     """The URL to send to, and the `model` that means the base model there."""
-    from kubernetes_asyncio import client
+    from .kube import ApiError, Kube
 
-    in_cluster, namespace = await _connect(namespace)
-    async with client.ApiClient() as api_client:
-        custom = client.CustomObjectsApi(api_client)
+    async with await Kube.connect(FIELD_MANAGER) as kube:
+        in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        namespace = namespace or kube.default_namespace
         try:
-            md: dict[str, Any] = await custom.get_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, "modeldeployments", name
-            )
-        except client.ApiException as e:
-            raise CliError(f'ModelDeployment "{name}" in namespace "{namespace}": {e.reason}') from e
+            md = await kube.get(api.API_VERSION, "ModelDeployment", namespace, name)
+        except ApiError as e:
+            raise CliError(f'ModelDeployment "{name}" in namespace "{namespace}": {e.message}') from e
+        if md is None:
+            raise CliError(f'ModelDeployment "{name}" in namespace "{namespace}": not found')
         status = md.get("status") or {}
         base = status.get("baseModelName") or "tgi"  # a status from before vLLM: TGI's name
         if in_cluster and status.get("endpoint"):
             return status["endpoint"], base
-        pods = await client.CoreV1Api(api_client).list_namespaced_pod(
-            namespace, label_selector=f"{api.GROUP}/modeldeployment={name}"
+        pods = await kube.list_items(
+            "v1", "Pod", namespace, label_selector=f"{api.GROUP}/modeldeployment={name}"
         )
-        for pod in pods.items:
-            ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-            if ready and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
-                return f"http://{pod.status.pod_ip}:{runtime.PORT}", base
+        for pod in pods:
+            st = pod.get("status") or {}
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or []
+            )
+            if ready and st.get("podIP") and not pod["metadata"].get("deletionTimestamp"):
+                return f"http://{st['podIP']}:{runtime.PORT}", base
     raise CliError(
         f'ModelDeployment "{name}" has no Ready pod ({status.get("phase") or "no status yet"}); '
         "see `kubectl describe md " + name + "`"
@@ -163,43 +152,33 @@ def approval_patch(md: dict[str, Any], adapter: str, revision: str, user: str) -
 
 async def _approve(name: str, adapter: str, revision: str, namespace: str | None) -> str:
     """Pin the revision as the current user; what was done, for people."""
-    from kubernetes_asyncio import client
+    from .kube import ApiError, Kube
 
-    _, namespace = await _connect(namespace)
-    async with client.ApiClient() as api_client:
-        review = await client.AuthenticationV1Api(api_client).create_self_subject_review(
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    async with await Kube.connect(FIELD_MANAGER) as kube:
+        namespace = namespace or kube.default_namespace
+        review = await kube.create(
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview", "metadata": {"name": ""}}
         )
-        user = ((review.status and review.status.user_info) and review.status.user_info.username) or ""
+        user = ((review.get("status") or {}).get("userInfo") or {}).get("username") or ""
         if not user:
             raise CliError("the API server did not say who you are (SelfSubjectReview has no username)")
-        custom = client.CustomObjectsApi(api_client)
         where = f'ModelDeployment "{name}" in namespace "{namespace}"'
         try:
-            md: dict[str, Any] = await custom.get_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, "modeldeployments", name
-            )
-        except client.ApiException as e:
-            raise CliError(f"{where}: {e.reason}") from e
+            md = await kube.get(api.API_VERSION, "ModelDeployment", namespace, name)
+        except ApiError as e:
+            raise CliError(f"{where}: {e.message}") from e
+        if md is None:
+            raise CliError(f"{where}: not found")
         patch = approval_patch(md, adapter, revision, user)
         source = next(a for a in md["spec"]["adapters"] if a["name"] == adapter)["from"]
         before = source.get("revision")
         status = next((a for a in (md.get("status") or {}).get("adapters") or [] if a["name"] == adapter), {})
         try:
-            await custom.patch_namespaced_custom_object(
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                "modeldeployments",
-                name,
-                patch,
-                _content_type="application/json-patch+json",
+            await kube.patch(
+                api.API_VERSION, "ModelDeployment", namespace, name, patch, "application/json-patch+json"
             )
-        except client.ApiException as e:
-            detail = e.reason
-            with contextlib.suppress(TypeError, ValueError, AttributeError):
-                detail = json.loads(e.body).get("message") or detail
-            raise CliError(f"{where}: {detail}") from e
+        except ApiError as e:
+            raise CliError(f"{where}: {e.message}") from e
     was = f"pinned to {before}" if before else "no revision pinned"
     serving = status.get("serving") or "nothing yet"
     newest = status.get("available") or revision
@@ -246,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"loraforge: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # the server's refusal (e.g. an unknown adapter), briefly
-        detail = getattr(e, "server_message", None) or str(e).splitlines()[0]
+        detail = getattr(e, "message", None) or str(e).splitlines()[0]
         print(f"loraforge: {type(e).__name__}: {detail}", file=sys.stderr)
         return 1
 

@@ -53,22 +53,13 @@ async def ensure(name: str, namespaces: list[str]) -> None:
     kopf does not create them, and a replica that finds none works as if it
     were alone, so several replicas would all work. The chart cannot ship them
     (a custom resource cannot be installed with its CRD in one release)."""
-    from kubernetes_asyncio import client, config
+    from .kube import ApiError, Kube
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        await config.load_kube_config()
-    async with client.ApiClient() as api:
-        custom = client.CustomObjectsApi(api)
+    async with await Kube.connect("loraforge-operator") as kube:
         for obj in objects(name, namespaces):
-            ns = obj["metadata"].get("namespace")
             try:
-                if ns:
-                    await custom.create_namespaced_custom_object(GROUP, VERSION, ns, "kopfpeerings", obj)
-                else:
-                    await custom.create_cluster_custom_object(GROUP, VERSION, "clusterkopfpeerings", obj)
-            except client.ApiException as e:
+                await kube.create(obj)
+            except ApiError as e:
                 if e.status == 404:
                     raise SystemExit(
                         f"--peering {name}: the API server does not serve {obj['kind']} ({GROUP}/{VERSION}); "

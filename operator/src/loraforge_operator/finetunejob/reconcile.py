@@ -11,11 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes_asyncio.client.rest import ApiException
 from pydantic import ValidationError
 
 from .. import api
-from ..kube import Kube
+from ..kube import ApiError, Kube
 from ..packed import Packed
 from ..settings import Settings
 from ..writes import ChildKey, StatusWrite, WriteMemo, ensure_child
@@ -154,7 +153,7 @@ class Reconciler:
         current = observed.get(key)
         try:
             await ensure_child(self.kube, self.memo, manifest, observed)
-        except ApiException as e:
+        except ApiError as e:
             # A Job's pod template is immutable. The FineTuneJob's spec can only
             # change before training started, so a Job that never started is
             # replaced; the deletion event brings us back to create the new one.

@@ -13,12 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes_asyncio.client.rest import ApiException
 from pydantic import ValidationError
 
 from .. import api, metrics
 from ..conditions import EventType, canonical_reason, merge_conditions, now_rfc3339
-from ..kube import Kube
+from ..kube import ApiError, Kube
 from ..settings import Settings
 from ..writes import ChildKey, StatusWrite, WriteMemo, ensure_child
 from . import builders, plan, resolve, runtime, smoke, vocabulary
@@ -136,7 +135,7 @@ class ModelDeploymentReconciler:
         for cm in sorted({s.config_map.name for s in wanted.values()}):
             try:
                 config_maps[cm] = await self.kube.get("v1", "ConfigMap", ns, cm)
-            except ApiException as e:
+            except ApiError as e:
                 config_maps[cm] = resolve.Problem(
                     SUITE_INVALID, f"configmap/{cm}: cannot read it: {e.status} {e.reason}"
                 )
@@ -188,7 +187,7 @@ class ModelDeploymentReconciler:
             return
         try:
             await ensure_child(self.kube, self.memo, manifest, observed)
-        except ApiException as e:
+        except ApiError as e:
             if e.status != 404:
                 raise
             if failed_at is None:
