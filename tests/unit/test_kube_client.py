@@ -173,3 +173,21 @@ def test_start_up_bounds_kopfs_per_object_workers_and_the_clients_connections(mo
     assert settings.queueing.idle_timeout == handlers.QUEUE_IDLE_SECONDS < 5.0  # kopf's default: 5 s
     assert settings.posting.worker_limit == handlers.EVENT_POSTERS
     handlers.Operator.kube = None
+
+
+def test_the_client_trusts_the_clusters_ca_alone_where_one_is_named(tmp_path) -> None:
+    import base64
+
+    import kopf
+
+    from localcluster import pki
+
+    pki.generate(tmp_path)
+    ca = tmp_path / "ca.crt"
+    by_path = kube._ssl_context(kopf.ConnectionInfo(server="https://k", ca_path=str(ca)))
+    by_data = kube._ssl_context(
+        kopf.ConnectionInfo(server="https://k", ca_data=base64.b64encode(ca.read_bytes()))
+    )
+    for ctx in (by_path, by_data):
+        assert [c["subject"] for c in ctx.get_ca_certs()] == [by_path.get_ca_certs()[0]["subject"]]
+    assert kube._ssl_context(kopf.ConnectionInfo(server="https://k", insecure=True)) is False

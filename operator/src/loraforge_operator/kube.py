@@ -108,13 +108,16 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    """Trust the cluster's CA only, where the credentials name one (as client-go does, and kopf's own
+    session); the system's CAs only where they name none."""
     if info.insecure:
         return False
-    ctx = ssl.create_default_context()
     if info.ca_path:
-        ctx.load_verify_locations(cafile=os.fsdecode(info.ca_path))
+        ctx = ssl.create_default_context(cafile=os.fsdecode(info.ca_path))
     elif info.ca_data:
-        ctx.load_verify_locations(cadata=_pem(info.ca_data))
+        ctx = ssl.create_default_context(cadata=_pem(info.ca_data))
+    else:
+        ctx = ssl.create_default_context()
     if info.certificate_path or info.certificate_data:
         with contextlib.ExitStack() as stack:
             cert = _file(stack, info.certificate_path, info.certificate_data)
