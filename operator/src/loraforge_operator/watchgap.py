@@ -26,43 +26,38 @@ no more). A unit test pins that it installs against the kopf version in use.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 # (resource, namespace) -> uid -> what a DELETED event needs of an object: its name, namespace,
-# resourceVersion and labels. Kept for every object of every watched kind (about 10,000 with 1,200
-# FineTuneJobs), so as a tuple of shared strings: as the object's own metadata dicts it was about
-# 1.4 KiB an object, 13 MiB in all (bench/README.md).
-_Seen = tuple[str, str | None, str | None, tuple[tuple[str, str], ...]]
-_known: dict[tuple[Any, Any], dict[str, _Seen]] = {}
+# resourceVersion and labels, as one compact JSON string. Kept for every object of every watched kind
+# (about 10,000 with 1,200 FineTuneJobs): as the object's own metadata dicts it was about 1.4 KiB an
+# object, and as tuples of strings a dozen small blocks an object that outlive a burst's transient ones
+# and keep the heap it grew to from being given back (bench/README.md).
+_known: dict[tuple[Any, Any], dict[str, str]] = {}
 # (resource, namespace) -> (apiVersion, kind): the same for every object of one watch.
 _kinds: dict[tuple[Any, Any], tuple[Any, Any]] = {}
 _PARAMETERS = {"settings", "resource", "namespace", "operator_pause_waiter"}
 
 
-def _shared(value: Any) -> Any:
-    """One copy of a string many objects repeat (namespaces, label keys, an owner's name in its children)."""
-    return sys.intern(value) if type(value) is str else value
-
-
-def _remember(obj: dict[str, Any]) -> _Seen:
+def _remember(obj: dict[str, Any]) -> str:
     meta = obj.get("metadata") or {}
-    labels = tuple(sorted((_shared(k), _shared(v)) for k, v in (meta.get("labels") or {}).items()))
-    return (meta.get("name"), _shared(meta.get("namespace")), meta.get("resourceVersion"), labels)
+    kept = [meta.get("name"), meta.get("namespace"), meta.get("resourceVersion"), meta.get("labels") or {}]
+    return json.dumps(kept, separators=(",", ":"))
 
 
-def _skeleton(kinds: tuple[Any, Any], uid: str, seen: _Seen) -> dict[str, Any]:
+def _skeleton(kinds: tuple[Any, Any], uid: str, seen: str) -> dict[str, Any]:
     """The object a synthesized DELETED event carries."""
-    name, namespace, resource_version, labels = seen
+    name, namespace, resource_version, labels = json.loads(seen)
     meta: dict[str, Any] = {"name": name, "uid": uid}
     if namespace is not None:
         meta["namespace"] = namespace
     if labels:
-        meta["labels"] = dict(labels)
+        meta["labels"] = labels
     if resource_version is not None:
         meta["resourceVersion"] = resource_version
     return {"apiVersion": kinds[0], "kind": kinds[1], "metadata": meta}
