@@ -42,8 +42,8 @@ class Settings:
     # Objects of one kind reconciled at once (the rest wait in the loop's queue; see loop.py).
     workers: int = 32
     # Most HTTP connections the operator's own client (kube.py) keeps open to the API server. Each TLS
-    # connection holds about 128 KiB of buffers; more than the workers' concurrent writes need is memory
-    # for nothing (bench/README.md: 16 writes as fast as 100 and keeps about 15 MiB less resident).
+    # connection holds about 128 KiB of buffers, and a burst opens as many as it has requests in flight;
+    # beyond what the workers' concurrent writes need, that is memory for nothing (bench/README.md).
     api_connections: int = 16
 
     @classmethod
