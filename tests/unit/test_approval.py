@@ -238,3 +238,31 @@ def test_approve_patches_revision_and_approver_of_that_adapter_guarded_by_its_na
 def test_approve_refuses_what_is_no_approval(obj: dict, adapter: str, revision: str, message: str) -> None:
     with pytest.raises(cli.CliError, match=re.escape(message)):
         cli.approval_patch(obj, adapter, revision, "alice")
+
+
+def test_a_servers_refusal_reaches_the_user_as_its_own_message(monkeypatch, capsys) -> None:
+    """The serving runtime's message (huggingface_hub's server_message) and the API server's (kube.ApiError)
+    are what `loraforge generate` / `approve` print, not the bare HTTP status line."""
+    from httpx2 import Request, Response
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from loraforge_operator.kube import ApiError
+
+    url = "http://10.0.0.7:8080/v1/chat/completions"
+    refusals = [
+        HfHubHTTPError(
+            f"Client error '404 Not Found' for url '{url}'",
+            response=Response(404, request=Request("POST", url)),
+            server_message="The model `nope` does not exist.",
+        ),
+        ApiError("POST", "/apis/x", 403, "Forbidden", '{"message": "selfsubjectreviews is forbidden"}', {}),
+    ]
+    said_by_each = ["The model `nope` does not exist.", "selfsubjectreviews is forbidden"]
+    for refusal, said in zip(refusals, said_by_each, strict=True):
+
+        def run(_args, refusal=refusal):
+            raise refusal
+
+        monkeypatch.setattr(cli, "generate", run)
+        assert cli.main(["generate", "assistant", "hello"]) == 1
+        assert capsys.readouterr().err.strip().endswith(said)

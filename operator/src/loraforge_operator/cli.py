@@ -224,8 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as e:
         print(f"loraforge: {e}", file=sys.stderr)
         return 1
-    except Exception as e:  # the server's refusal (e.g. an unknown adapter), briefly
-        detail = getattr(e, "message", None) or str(e).splitlines()[0]
+    except Exception as e:  # a server's refusal (e.g. an unknown adapter), briefly
+        # huggingface_hub's HTTP errors carry the serving runtime's message as server_message, the
+        # API server's (kube.ApiError) as message.
+        detail = getattr(e, "server_message", None) or getattr(e, "message", None) or str(e).splitlines()[0]
         print(f"loraforge: {type(e).__name__}: {detail}", file=sys.stderr)
         return 1
 
