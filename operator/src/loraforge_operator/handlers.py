@@ -30,8 +30,9 @@ log = logging.getLogger("loraforge")
 
 # kopf runs one worker per object with events in flight, and the worker keeps the object's last raw event
 # until it has been idle this long (kopf's default: 5 s). Our handlers only enqueue a key, so a worker has
-# nothing to wait for; at 5 s a burst of 1,200 FineTuneJobs kept thousands of whole objects alive at once
-# and left the heap that much larger for good (bench/README.md).
+# nothing to wait for; at 5 s, every object a burst touched in the last 5 s stays alive whole, and Python
+# keeps the heap that grew to hold them (bench/README.md: 216 -> 160 MiB with this and the bounds on
+# connections and Event posters).
 QUEUE_IDLE_SECONDS = 0.5
 # kopf posts Events from one task per object, each on a connection of its own (kopf's HTTP session has no
 # connection limit): a burst opened more than a hundred TLS connections, ~128 KiB each, that stayed open.
