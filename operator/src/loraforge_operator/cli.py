@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import sys
 from typing import Any
@@ -41,10 +40,9 @@ FIELD_MANAGER = "loraforge-cli"
 
 async def _find(name: str, namespace: str | None) -> tuple[str, str]:
     """The URL to send to, and the `model` that means the base model there."""
-    from .kube import ApiError, Kube
+    from .kube import ApiError, Kube, in_cluster
 
     async with await Kube.connect(FIELD_MANAGER) as kube:
-        in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
         namespace = namespace or kube.default_namespace
         try:
             md = await kube.get(api.API_VERSION, "ModelDeployment", namespace, name)
@@ -54,7 +52,7 @@ async def _find(name: str, namespace: str | None) -> tuple[str, str]:
             raise CliError(f'ModelDeployment "{name}" in namespace "{namespace}": not found')
         status = md.get("status") or {}
         base = status.get("baseModelName") or "tgi"  # a status from before vLLM: TGI's name
-        if in_cluster and status.get("endpoint"):
+        if in_cluster() and status.get("endpoint"):
             return status["endpoint"], base
         pods = await kube.list_items(
             "v1", "Pod", namespace, label_selector=f"{api.GROUP}/modeldeployment={name}"

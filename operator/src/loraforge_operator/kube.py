@@ -77,14 +77,22 @@ def _path(api_version: str, kind: str, namespace: str | None, name: str | None =
     return f"{path}/{name}" if name else path
 
 
+def in_cluster() -> bool:
+    """Whether this process runs in a pod with a service account (what ``login`` then uses)."""
+    return bool(
+        os.environ.get("KUBERNETES_SERVICE_HOST")
+        and os.environ.get("KUBERNETES_SERVICE_PORT")
+        and os.path.exists(os.path.join(SERVICE_ACCOUNT, "token"))
+    )
+
+
 def login(**_: Any) -> kopf.ConnectionInfo:
     """The credentials of kopf's watches and of this client (one source): in a pod, its service account
     and the API server at KUBERNETES_SERVICE_HOST:PORT (as client-go does: no DNS needed); elsewhere the
     kubeconfig (KUBERNETES_SERVICE_HOST unset), read by kopf's own kubeconfig login."""
-    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
-    token_path = os.path.join(SERVICE_ACCOUNT, "token")
-    if host and port and os.path.exists(token_path):
-        with open(token_path, encoding="utf-8") as f:
+    if in_cluster():
+        host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+        with open(os.path.join(SERVICE_ACCOUNT, "token"), encoding="utf-8") as f:
             token = f.read().strip()
         namespace = None
         with (
