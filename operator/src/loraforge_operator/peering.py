@@ -54,8 +54,9 @@ async def ensure(name: str, namespaces: list[str]) -> None:
     were alone, so several replicas would all work. The chart cannot ship them
     (a custom resource cannot be installed with its CRD in one release)."""
     from .kube import ApiError, Kube
+    from .settings import Settings
 
-    async with await Kube.connect("loraforge-operator") as kube:
+    async with await Kube.connect(Settings.from_env().field_manager) as kube:
         for obj in objects(name, namespaces):
             try:
                 await kube.create(obj)
