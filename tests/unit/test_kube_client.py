@@ -172,6 +172,10 @@ def test_start_up_bounds_kopfs_per_object_workers_and_the_clients_connections(mo
     assert got == {"field_manager": "loraforge-operator", "connections": 7}
     assert settings.queueing.idle_timeout == handlers.QUEUE_IDLE_SECONDS < 5.0  # kopf's default: 5 s
     assert settings.posting.worker_limit == handlers.EVENT_POSTERS
+    # No diff base: nothing built per event, nothing stored on objects.
+    storage = settings.persistence.diffbase_storage
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {"template": {}}}
+    assert storage.build(body=kopf.Body(job)) == {} and storage.fetch(body=kopf.Body(job)) is None
     handlers.Operator.kube = None
 
 
