@@ -48,6 +48,35 @@ def test_events_during_a_reconcile_coalesce_into_one_more_pass_and_enqueue_never
     assert passes == ["a", "a"]
 
 
+def test_a_key_goes_round_again_later_without_a_worker_so_waiting_keys_go_first(monkeypatch) -> None:
+    monkeypatch.setattr(loop_module, "REPASS_SECONDS", 0.05)
+    passes: list[tuple[str, float]] = []
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        clock = asyncio.get_running_loop().time
+
+        async def reconcile(key: Any) -> None:
+            passes.append((key, clock()))
+            if key == "a" and len(passes) == 1:
+                await gate.wait()
+
+        loop = Loop("Test", reconcile, workers=1)
+        loop.enqueue("a")
+        await asyncio.sleep(0)  # a's first pass holds the only worker
+        loop.enqueue("a")  # its own writes echo back
+        loop.enqueue("b")  # never reconciled yet
+        gate.set()
+        await asyncio.sleep(0.01)
+        for _ in range(3):
+            loop.enqueue("a")  # more echoes before its next pass: taken in that one pass
+        await loop.idle()
+
+    _run(main())
+    assert [k for k, _ in passes] == ["a", "b", "a"]
+    assert passes[2][1] - passes[0][1] >= 0.05
+
+
 def test_a_failing_reconcile_is_retried_with_growing_backoff_then_reset(monkeypatch) -> None:
     monkeypatch.setattr(loop_module, "BACKOFF_FIRST_SECONDS", 0.01)
     monkeypatch.setattr(loop_module, "BACKOFF_MAX_SECONDS", 0.04)
