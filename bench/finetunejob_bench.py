@@ -10,8 +10,8 @@
    the children created or server-side applied (FLOORS; like for like: the
    same requests as the benchmark client and the operator together).
 2. Operator: N FineTuneJobs are created at once; the time until every one has
-   its Job and an Accepted condition (seen through watches) is divided by each floor (targets: 1.2x
-   the like-for-like floor, 2x the three-write floor).
+   its Job and an Accepted condition (seen through watches) is divided by each
+   floor (targets: 1.2x the like-for-like floor, 2x the three-write floor).
 3. Idle: with nothing changing, the operator's write requests over
    --idle-seconds, read from its own loraforge_api_writes_total (target 0).
 4. Memory: the operator's peak RSS (VmHWM) with --memory-jobs FineTuneJobs present.
