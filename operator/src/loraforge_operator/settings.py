@@ -85,3 +85,19 @@ LABEL_MODELDEPLOYMENT = f"{api.GROUP}/modeldeployment"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "loraforge-operator"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+PART_OF = "loraforge"
+# The components of the pods the operator reads: training pods (a Job's) and serving pods (a Deployment's).
+POD_COMPONENTS = ("trainer", "serving")
+
+
+def child_watch_selector(kind: str) -> str:
+    """The label selector of the operator's watch of a kind of children: the API server then sends
+    only objects that may be loraforge's, not every ConfigMap, Role or Pod of the cluster (each of
+    which kopf would parse, filter out and keep a record of, and which made kopf's start-up wait for
+    all of them). Every child carries ``LABEL_PART_OF``; pods are selected by component instead,
+    because a serving pod's labels are its Deployment's selector, which cannot change on an existing
+    Deployment and never held ``LABEL_PART_OF``. The handlers' own label filters still apply."""
+    if kind == "Pod":
+        return f"{LABEL_COMPONENT} in ({','.join(POD_COMPONENTS)})"
+    return f"{LABEL_PART_OF}={PART_OF}"

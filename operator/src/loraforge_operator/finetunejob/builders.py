@@ -22,7 +22,9 @@ from ..settings import (
     LABEL_COMPONENT,
     LABEL_FINETUNEJOB,
     LABEL_MANAGED_BY,
+    LABEL_PART_OF,
     MANAGED_BY,
+    PART_OF,
     Settings,
     pull_secrets,
 )
@@ -43,7 +45,7 @@ def _labels(owner: Owner, component: str) -> dict[str, str]:
         LABEL_FINETUNEJOB: owner.name,
         LABEL_COMPONENT: component,
         LABEL_MANAGED_BY: MANAGED_BY,
-        "app.kubernetes.io/part-of": "loraforge",
+        LABEL_PART_OF: PART_OF,
     }
 
 

@@ -23,7 +23,9 @@ from ..settings import (
     LABEL_COMPONENT,
     LABEL_MANAGED_BY,
     LABEL_MODELDEPLOYMENT,
+    LABEL_PART_OF,
     MANAGED_BY,
+    PART_OF,
     Settings,
     pull_secrets,
 )
@@ -58,7 +60,7 @@ def _meta(owner: Owner) -> dict[str, Any]:
         "labels": {
             **selector_labels(owner),
             LABEL_MANAGED_BY: MANAGED_BY,
-            "app.kubernetes.io/part-of": "loraforge",
+            LABEL_PART_OF: PART_OF,
         },
         "ownerReferences": [owner.reference()],
     }
