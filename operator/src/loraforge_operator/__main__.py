@@ -20,7 +20,7 @@ for _unused in ("kubernetes", "kubernetes_asyncio", "pykube"):
 
 import kopf  # noqa: E402
 
-from . import peering, watchgap  # noqa: E402
+from . import peering, togglesets, watchgap  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     from . import handlers  # noqa: F401  (registers the handlers)
 
     watchgap.install()  # objects deleted while a watch was broken are noticed after the re-list
+    togglesets.install()  # kopf's start-up barrier wakes its waiters only when it opens
 
     if args.peering:
         asyncio.run(peering.ensure(args.peering, args.namespace))
