@@ -21,6 +21,7 @@ from . import api
 from .finetunejob.model import MUTABLE_AFTER_START, FineTuneJobSpec, FineTuneJobStatus
 from .modeldeployment.model import ModelDeploymentSpec, ModelDeploymentStatus
 from .schema import cel, structural_schema
+from .settings import LABEL_PART_OF, PART_OF
 
 # `<name>-train-<index>` (an Indexed Job's pod hostname) must fit a DNS label.
 MAX_NAME_LENGTH = 52
@@ -63,7 +64,7 @@ def _crd(
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{plural}.{api.GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "loraforge"},
+            "labels": {LABEL_PART_OF: PART_OF},
         },
         "spec": {
             "group": api.GROUP,

@@ -58,19 +58,16 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 
 def watch_selectors(settings: kopf.OperatorSettings) -> None:
-    """Watch only what may be loraforge's children (``settings.child_watch_selector``): kopf's
-    watches are otherwise cluster-wide, and every object of a watched kind, ours or not, is parsed,
-    filtered out by the handlers' labels and remembered (kopf keeps a record per object), and each
-    one listed at start-up holds every reconcile until all are indexed (kopf wakes every waiting
-    worker per object: quadratic). With 2,000 unrelated ConfigMaps, 200 FineTuneJobs created just
-    after start-up took 26-29 s and 21-24 CPU-seconds; 9-10 s and 4-5 with this (bench/README.md).
-    Kinds loraforge defines, and kopf's peering kinds, are watched whole."""
+    """Put each child kind's label selector (``settings.child_watch_selector``, which says why) on
+    kopf's watch of it. kopf's watches are otherwise cluster-wide; kinds loraforge defines, and kopf's
+    peering kinds, are still watched whole. With 2,000 unrelated ConfigMaps, 200 FineTuneJobs created
+    just after start-up took 26-29 s and 21-24 CPU-seconds; 9-10 s and 4-5 with this (bench/README.md)."""
     kinds = {
         *finetunejob_handlers.CHILD_KINDS,
         *modeldeployment_handlers.CHILD_KINDS,
         finetunejob_handlers.POD,
     }
-    for resource in sorted(kinds, key=lambda r: r.gvp):
+    for resource in kinds:
         settings.watching.label_selectors[resource.gvp] = child_watch_selector(resource.kind)
 
 
