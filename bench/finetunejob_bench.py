@@ -354,9 +354,7 @@ def main() -> int:
         metrics_port = 18480
         op = _start_operator(metrics_port, "operator.log")
         _fresh_namespace(cluster, "bench-op")
-        cpu0, plane0 = _cpu_seconds(op.pid), _control_plane_cpu_seconds()
-        t_op = asyncio.run(operator_throughput("bench-op", args.jobs))
-        cpu, plane = _cpu_seconds(op.pid) - cpu0, _control_plane_cpu_seconds() - plane0
+        t_op, cpu, plane = _timed_burst(op, "bench-op", args.jobs)
         _log(f"operator: used {cpu:.1f} CPU-seconds ({100 * cpu / t_op:.0f}% of one core) meanwhile")
         _log(f"operator: the control plane used {plane:.1f} CPU-seconds meanwhile")
         results["operator_control_plane_cpu_seconds"] = round(plane, 1)
@@ -395,9 +393,7 @@ def main() -> int:
             asyncio.run(create_unrelated("bench-unrelated", args.unrelated))
             op = _start_operator(metrics_port, "unrelated-operator.log")
             _fresh_namespace(cluster, "bench-start")
-            cpu0 = _cpu_seconds(op.pid)
-            t_start = asyncio.run(operator_throughput("bench-start", args.jobs))
-            cpu = _cpu_seconds(op.pid) - cpu0
+            t_start, cpu, _ = _timed_burst(op, "bench-start", args.jobs)
             ratio = t_start / t_op
             _log(
                 f"restart with {present} FineTuneJobs and {args.unrelated} unrelated ConfigMaps: {args.jobs} "
@@ -429,6 +425,14 @@ def main() -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     _log(f"results: {json.dumps(results)}")
     return 0
+
+
+def _timed_burst(op: subprocess.Popen, ns: str, n: int) -> tuple[float, float, float]:
+    """Step 2's measure: seconds for n FineTuneJobs to Job + Accepted, and the CPU-seconds the
+    operator and the control plane used meanwhile."""
+    cpu0, plane0 = _cpu_seconds(op.pid), _control_plane_cpu_seconds()
+    seconds = asyncio.run(operator_throughput(ns, n))
+    return seconds, _cpu_seconds(op.pid) - cpu0, _control_plane_cpu_seconds() - plane0
 
 
 def _start_operator(metrics_port: int, log_name: str) -> subprocess.Popen:
